@@ -1,0 +1,138 @@
+"""The local-process spawner of the embedded default.
+
+It starts each user's JupyterLab as a process of the hub's own OS account, in a home
+folder under the state folder. It isolates nothing between users (same account, same
+files permissions); production isolation comes from the container, systemd or batch
+spawners of the scale-out deployments. What it adds over JupyterHub's
+``SimpleLocalProcessSpawner``:
+
+- one port per server, never handed out twice (see ``gpulab_hub.ports``): a server that
+  could not bind its port is restarted on another one, and the hub is told the port only
+  once our own process listens on it;
+- each server's output goes to ``<log_dir>/<user>.log`` instead of the hub's terminal;
+- ``--allow-root`` when the hub runs as root (Jupyter server refuses root otherwise).
+
+Override points: ``home_dir_template``, ``log_dir``, ``bind_attempts`` (config), and the
+usual ``Spawner`` hooks (``pre_spawn_hook``, ``get_env``) for later gpulab layers.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from jupyterhub.spawner import SimpleLocalProcessSpawner
+from traitlets import Integer, Unicode, default
+
+from gpulab_hub.ports import PortBindError, hub_ports, wait_for_listener
+
+
+class LocalGpulabSpawner(SimpleLocalProcessSpawner):
+    log_dir = Unicode(
+        "",
+        config=True,
+        help="""Folder for each server's output (<log_dir>/<username>.log).
+
+        Empty (the default) leaves the output on the hub's own stdout and stderr.""",
+    )
+
+    bind_attempts = Integer(
+        3,
+        config=True,
+        help="""How many ports to try before a spawn fails because its server exited
+        before listening (each try gets a fresh port). Must be at least 1.""",
+    )
+
+    @default("cmd")
+    def _default_cmd(self):
+        # The hub may run from a virtual environment that is not on PATH (make run calls
+        # .venv/bin/gpulab directly): use the single-user command installed beside it.
+        beside = Path(sys.executable).with_name("jupyterhub-singleuser")
+        return [str(beside)] if beside.exists() else ["jupyterhub-singleuser"]
+
+    def get_env(self):
+        env = super().get_env()
+        # Kernels and terminals find this environment's python first.
+        bin_dir = str(Path(sys.executable).parent)
+        env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", os.defpath)])
+        return env
+
+    def get_args(self):
+        args = super().get_args()
+        if os.geteuid() == 0:
+            args.append("--allow-root")
+        return args
+
+    async def start(self):
+        if self.bind_attempts < 1:
+            raise ValueError(
+                f"LocalGpulabSpawner.bind_attempts must be at least 1, not {self.bind_attempts}"
+            )
+        for attempt in range(1, self.bind_attempts + 1):
+            port = self.port = hub_ports.reserve(self.ip or "127.0.0.1")
+            try:
+                return await self._start_on_reserved_port()
+            except PortBindError as e:
+                await self._kill_failed_process()
+                if not e.exited or attempt == self.bind_attempts:
+                    raise RuntimeError(
+                        f"The server of {self.user.name} did not start: {e}. "
+                        f"See {self._log_path() or 'the hub log'}."
+                    ) from e
+                self.log.warning(
+                    "Server of %s exited before binding port %s (attempt %d of %d); "
+                    "retrying on another port",
+                    self.user.name,
+                    port,
+                    attempt,
+                    self.bind_attempts,
+                )
+            finally:
+                # Bound (the kernel now holds it) or abandoned: either way not ours to hold.
+                hub_ports.release(port)
+
+    async def _start_on_reserved_port(self):
+        with self._server_log() as log_file:
+            if log_file is not None:
+                self.popen_kwargs = {
+                    **self.popen_kwargs,
+                    "stdout": log_file,
+                    "stderr": subprocess.STDOUT,
+                }
+            ip, port = await super().start()
+        await wait_for_listener(
+            self.pid,
+            port,
+            timeout=self.start_timeout,
+            is_running=lambda: self.proc is not None and self.proc.poll() is None,
+        )
+        return ip, port
+
+    async def _kill_failed_process(self):
+        # Not clear_state(): that would also drop the API token the hub gave this spawn.
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+        self.pid = 0
+
+    def _log_path(self) -> Path | None:
+        return Path(self.log_dir) / f"{self.user.name}.log" if self.log_dir else None
+
+    def _server_log(self):
+        path = self._log_path()
+        if path is None:
+            return _NoLog()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "ab")  # noqa: SIM115 - closed by the with-block in start()
+
+
+class _NoLog:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

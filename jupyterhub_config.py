@@ -1,0 +1,92 @@
+"""gpulab's embedded default: one machine, no external services.
+
+Read it top to bottom: every setting the hub runs with is here; the pieces come from
+``gpulab_hub``. Settings come from the environment (see gpulab_hub/settings.py):
+GPULAB_STATE_DIR (default ./var), GPULAB_IP (127.0.0.1), GPULAB_PORT (8000) and
+GPULAB_ADMIN (admin). Start it with `make run` (or `gpulab hub`), which waits until the
+hub answers and prints where to log in.
+"""
+
+import sys
+from pathlib import Path
+
+from gpulab_hub.ports import free_port
+from gpulab_hub.secrets import read_or_create_secret
+from gpulab_hub.settings import EmbeddedSettings
+
+c = get_config()  # noqa: F821 - provided by JupyterHub when it loads this file
+
+settings = EmbeddedSettings.from_env()
+settings.make_dirs()
+state = settings.state_dir
+project = Path(__file__).resolve().parent
+
+# --- Where it listens ----------------------------------------------------------------
+# The public proxy on GPULAB_IP:GPULAB_PORT. The hub's own API and the proxy's API take
+# free loopback ports chosen at each start, so hubs with different GPULAB_PORT run side
+# by side on one machine.
+c.JupyterHub.bind_url = settings.public_url
+c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{free_port()}"
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{free_port()}"
+c.ConfigurableHTTPProxy.command = [str(project / "node_modules/.bin/configurable-http-proxy")]
+c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
+c.ConfigurableHTTPProxy.auth_token = read_or_create_secret(state / "proxy-token", 32)[0]
+
+# --- State: everything under the state folder ----------------------------------------
+c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
+c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
+c.JupyterHub.logging_config = {
+    "handlers": {
+        "file": {
+            "class": "logging.FileHandler",
+            "formatter": "console",
+            "filename": str(settings.log_dir / "jupyterhub.log"),
+        }
+    },
+    "loggers": {"JupyterHub": {"handlers": ["console", "file"]}},
+}
+
+# --- Who can log in ------------------------------------------------------------------
+# NativeAuthenticator: people sign up at /hub/signup; an admin approves them at
+# /hub/authorize. Its approval is the allow-list, hence allow_all. The admin's account
+# is created on first start with a generated password, printed once (below).
+c.JupyterHub.authenticator_class = "gpulab-native"
+c.Authenticator.admin_users = {settings.admin}
+c.Authenticator.allow_all = True
+c.GpulabNativeAuthenticator.admin_password_file = str(settings.admin_password_file)
+c.NativeAuthenticator.open_signup = False
+c.NativeAuthenticator.minimum_password_length = 10
+c.NativeAuthenticator.check_common_password = True
+
+admin_password, admin_password_is_new = read_or_create_secret(settings.admin_password_file)
+if admin_password_is_new:
+    # Shown on the first start only; it stays in the state folder (mode 0600).
+    print(f"admin user: {settings.admin}", flush=True)
+    print(f"admin password: {admin_password}", flush=True)
+
+# --- Servers -------------------------------------------------------------------------
+# One JupyterLab process per user, under the hub's own OS account (no isolation between
+# users: see README), in a home folder under the state folder. Each server gets its own
+# port, never drawn twice (gpulab_hub/ports.py).
+c.JupyterHub.spawner_class = "gpulab-local"
+c.LocalGpulabSpawner.home_dir_template = str(settings.home_root / "{username}")
+c.LocalGpulabSpawner.log_dir = str(settings.log_dir / "servers")
+c.Spawner.default_url = "/lab"
+c.Spawner.start_timeout = 120  # 20 servers starting at once take ~50 s on 2 cores
+c.Spawner.http_timeout = 60
+
+# --- Idle culler ---------------------------------------------------------------------
+# Servers with no activity for an hour are stopped, freeing their resources.
+c.JupyterHub.services = [
+    {
+        "name": "idle-culler",
+        "command": [sys.executable, "-m", "jupyterhub_idle_culler", "--timeout=3600"],
+    }
+]
+c.JupyterHub.load_roles = [
+    {
+        "name": "idle-culler",
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+        "services": ["idle-culler"],
+    }
+]

@@ -1,0 +1,83 @@
+"""Fixtures for end-to-end tests against a real hub, proxy and single-user servers.
+
+- ``hub``: one hub for the whole session, started as ``make run`` starts it (state in a
+  temporary folder, a free port); stopped at the end of the session;
+- ``admin``: a ``HubSession`` logged in as the hub's admin, with an API token;
+- ``browser``: Debian's Chromium driven by Playwright (never a downloaded browser);
+- ``page``: a fresh browser page that saves a screenshot under the test's tmp folder
+  when the test fails.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from gpulab_hub.ports import free_port
+from tests.e2e.harness import HubSession, RunningHub
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory):
+    running = RunningHub.start(tmp_path_factory.mktemp("hub") / "state", free_port())
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def admin_password(hub):
+    password = hub.printed_admin_password
+    assert password, f"the first start printed no admin password:\n{hub.output[-3000:]}"
+    return password
+
+
+@pytest.fixture(scope="session")
+def admin(hub, admin_password):
+    session = HubSession(hub.url)
+    response = session.login("admin", admin_password)
+    assert response.status_code == 302, response.text[:2000]
+    session.create_token("admin")
+    return session
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def page(browser, request, tmp_path):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    yield page
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        path = tmp_path / "failure.png"
+        page.screenshot(path=str(path), full_page=True)
+        print(f"screenshot of the failed page: {path}")
+    context.close()

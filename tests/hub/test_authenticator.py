@@ -1,0 +1,68 @@
+"""The bootstrap admin account of GpulabNativeAuthenticator, on a real hub database."""
+
+import pytest
+from jupyterhub import orm
+
+from gpulab_hub.authenticator import GpulabNativeAuthenticator
+
+
+@pytest.fixture
+def db():
+    session = orm.new_session_factory("sqlite://")()
+    yield session
+    session.close()
+
+
+def make_authenticator(db, tmp_path, **config):
+    return GpulabNativeAuthenticator(
+        _deprecated_db_session=db,
+        admin_users={"boss"},
+        admin_password_file=str(tmp_path / "admin-password"),
+        **config,
+    )
+
+
+def hub_user(db, name):
+    user = orm.User(name=name)
+    db.add(user)
+    db.commit()
+    return user
+
+
+def test_admin_gets_an_approved_account_with_the_stored_password(db, tmp_path):
+    authenticator = make_authenticator(db, tmp_path)
+    authenticator.add_user(hub_user(db, "boss"))
+    password = (tmp_path / "admin-password").read_text().strip()
+    info = authenticator.get_user("boss")
+    assert info.is_authorized
+    assert info.is_valid_password(password)
+    assert not info.is_valid_password(password + "x")
+
+
+def test_other_users_get_no_account(db, tmp_path):
+    authenticator = make_authenticator(db, tmp_path)
+    authenticator.add_user(hub_user(db, "student"))
+    assert authenticator.get_user("student") is None
+
+
+def test_a_changed_admin_password_survives_a_restart(db, tmp_path):
+    authenticator = make_authenticator(db, tmp_path)
+    boss = hub_user(db, "boss")
+    authenticator.add_user(boss)
+    assert authenticator.change_password("boss", "a-new-and-long-password-7")
+    make_authenticator(db, tmp_path).add_user(boss)  # the hub starts again
+    assert authenticator.get_user("boss").is_valid_password("a-new-and-long-password-7")
+
+
+def test_a_rejected_stored_password_is_a_clear_error(db, tmp_path):
+    (tmp_path / "admin-password").write_text("short\n")
+    authenticator = make_authenticator(db, tmp_path, minimum_password_length=10)
+    with pytest.raises(ValueError, match="delete the file to generate a new one"):
+        authenticator.add_user(hub_user(db, "boss"))
+    assert authenticator.get_user("boss") is None
+
+
+def test_without_a_password_file_admins_sign_up_like_everyone(db, tmp_path):
+    authenticator = GpulabNativeAuthenticator(_deprecated_db_session=db, admin_users={"boss"})
+    authenticator.add_user(hub_user(db, "boss"))
+    assert authenticator.get_user("boss") is None

@@ -1,0 +1,89 @@
+"""jupyterhub_config.py as JupyterHub loads it: everything in the state folder, the
+admin's first password printed once, the aliases resolving to gpulab's classes."""
+
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+from traitlets.config.loader import PyFileConfigLoader
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def load_config(monkeypatch, state, port="8123"):
+    monkeypatch.setenv("GPULAB_STATE_DIR", str(state))
+    monkeypatch.setenv("GPULAB_PORT", port)
+    monkeypatch.delenv("GPULAB_IP", raising=False)
+    monkeypatch.delenv("GPULAB_ADMIN", raising=False)
+    return PyFileConfigLoader("jupyterhub_config.py", path=str(REPO)).load_config()
+
+
+def test_config_keeps_all_state_in_the_state_folder(monkeypatch, tmp_path, capsys):
+    state = tmp_path / "state"
+    c = load_config(monkeypatch, state)
+    assert c.JupyterHub.bind_url == "http://127.0.0.1:8123"
+    assert c.JupyterHub.db_url == f"sqlite:///{state / 'jupyterhub.sqlite'}"
+    assert c.JupyterHub.cookie_secret_file == str(state / "jupyterhub_cookie_secret")
+    assert c.ConfigurableHTTPProxy.pid_file == str(state / "proxy.pid")
+    assert (state / "proxy-token").read_text().strip() == c.ConfigurableHTTPProxy.auth_token
+    assert c.LocalGpulabSpawner.home_dir_template == str(state / "home" / "{username}")
+    assert c.Spawner.default_url == "/lab"
+    proxy = Path(c.ConfigurableHTTPProxy.command[0])
+    assert proxy.is_relative_to(REPO / "node_modules") and proxy.exists()
+
+
+def test_internal_ports_differ_from_the_public_one_and_between_loads(monkeypatch, tmp_path):
+    first = load_config(monkeypatch, tmp_path / "a")
+    second = load_config(monkeypatch, tmp_path / "b")
+    urls = {
+        first.JupyterHub.hub_bind_url,
+        first.ConfigurableHTTPProxy.api_url,
+        second.JupyterHub.hub_bind_url,
+        second.ConfigurableHTTPProxy.api_url,
+    }
+    assert len(urls) == 4
+    assert all(url.startswith("http://127.0.0.1:") and not url.endswith(":8123") for url in urls)
+
+
+def test_admin_password_is_printed_on_first_load_only(monkeypatch, tmp_path, capsys):
+    state = tmp_path / "state"
+    load_config(monkeypatch, state)
+    first = capsys.readouterr().out
+    password = (state / "admin-password").read_text().strip()
+    assert "admin user: admin\n" in first
+    assert f"admin password: {password}\n" in first
+    load_config(monkeypatch, state)
+    assert "password" not in capsys.readouterr().out
+
+
+def test_bad_environment_stops_the_hub_with_the_variable_named(monkeypatch, tmp_path):
+    from gpulab_hub.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="GPULAB_PORT"):
+        load_config(monkeypatch, tmp_path / "state", port="http")
+    assert not (tmp_path / "state").exists()
+
+
+def test_idle_culler_runs_as_a_service_with_only_the_scopes_it_needs(monkeypatch, tmp_path):
+    c = load_config(monkeypatch, tmp_path / "state")
+    (service,) = c.JupyterHub.services
+    assert service["name"] == "idle-culler"
+    assert "jupyterhub_idle_culler" in service["command"]
+    (role,) = c.JupyterHub.load_roles
+    assert role["services"] == ["idle-culler"]
+    assert set(role["scopes"]) == {
+        "list:users",
+        "read:users:activity",
+        "read:servers",
+        "delete:servers",
+    }
+
+
+def test_aliases_name_gpulab_classes():
+    from gpulab_hub.authenticator import GpulabNativeAuthenticator
+    from gpulab_hub.spawner import LocalGpulabSpawner
+
+    spawners = entry_points(group="jupyterhub.spawners")
+    authenticators = entry_points(group="jupyterhub.authenticators")
+    assert spawners["gpulab-local"].load() is LocalGpulabSpawner
+    assert authenticators["gpulab-native"].load() is GpulabNativeAuthenticator
