@@ -34,6 +34,13 @@ def test_reserved_context_releases_on_exit():
     assert reservations.held == frozenset()
 
 
+def run(coroutine):
+    # In a thread of its own: Playwright's sync API (browser tests in the same session)
+    # leaves an event loop running in the main thread, where asyncio.run() refuses.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def alive(proc):
     return lambda: proc.poll() is None
 
@@ -46,7 +53,7 @@ def test_wait_for_listener_returns_once_our_process_listens():
     port = free_port()
     proc = start(LISTEN, port)
     try:
-        asyncio.run(wait_for_listener(proc.pid, port, timeout=30, is_running=alive(proc)))
+        run(wait_for_listener(proc.pid, port, timeout=30, is_running=alive(proc)))
     finally:
         proc.kill()
         proc.wait()
@@ -59,7 +66,7 @@ def test_a_server_that_exits_on_a_taken_port_is_reported_as_exited():
         port = taken.getsockname()[1]
         proc = start(LISTEN, port)
         with pytest.raises(PortBindError, match="exited before listening") as error:
-            asyncio.run(wait_for_listener(proc.pid, port, timeout=30, is_running=alive(proc)))
+            run(wait_for_listener(proc.pid, port, timeout=30, is_running=alive(proc)))
         assert error.value.exited
         proc.wait()
 
@@ -74,7 +81,7 @@ def test_someone_else_answering_on_the_port_does_not_count():
         proc = start("import time; time.sleep(60)")
         try:
             with pytest.raises(PortBindError, match="did not listen") as error:
-                asyncio.run(wait_for_listener(proc.pid, port, timeout=1, is_running=lambda: True))
+                run(wait_for_listener(proc.pid, port, timeout=1, is_running=lambda: True))
             assert not error.value.exited
         finally:
             proc.kill()
