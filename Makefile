@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # never write outside the repository (besides apt for Chromium, see below).
 export npm_config_cache := $(CURDIR)/node_modules/.npm-cache
 
-.PHONY: run test lint hub-deps test-deps chromium clean
+.PHONY: run test lint bench hub-deps test-deps chromium postgresql clean
 
 run: hub-deps
 	$(BIN)/gpulab hub --config jupyterhub_config.py
@@ -17,12 +17,15 @@ run: hub-deps
 test: test-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+bench: test-deps
+	$(BIN)/python -m bench.admission --quick
+
 lint: test-deps
 	$(BIN)/ruff check .
 
 hub-deps: $(VENV)/.hub-deps.stamp node_modules/.deps.stamp
 
-test-deps: hub-deps $(VENV)/.test-deps.stamp chromium
+test-deps: hub-deps $(VENV)/.test-deps.stamp chromium postgresql
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +51,18 @@ chromium:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else \
 		echo "The browser tests need Debian's Chromium: run 'sudo apt-get install chromium' and retry." >&2; \
+		exit 1; \
+	fi
+
+# Debian's PostgreSQL server binaries: the ledger tests start their own server with them
+# (initdb + pg_ctl on a temporary folder), never the system service.
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's postgresql (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else \
+		echo "The ledger tests need PostgreSQL: run 'sudo apt-get install postgresql' and retry." >&2; \
 		exit 1; \
 	fi
 

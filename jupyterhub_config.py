@@ -7,6 +7,7 @@ GPULAB_ADMIN (admin). Start it with `make run` (or `gpulab hub`), which waits un
 hub answers and prints where to log in.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -89,4 +90,53 @@ c.JupyterHub.load_roles = [
         "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
         "services": ["idle-culler"],
     }
+]
+
+# --- GPUs and quotas -----------------------------------------------------------------
+# Every spawn, CPU or GPU, is admitted by the quota ledger (SQLite in the state folder;
+# a PostgreSQL URL in production), which hands out each GPU to one server at a time.
+# GPUs come from NVML; a node without NVML offers CPU servers only. Limits (None = no
+# limit): see GpulabQuota's help for the fields and which level wins.
+c.GpulabQuota.ledger_url = f"sqlite:///{state / 'ledger.sqlite'}"
+c.GpulabQuota.default_policy = {}
+
+# The quota service (a hub-managed process) accrues GPU-hours and energy, warns users whose
+# budget or session length runs out, stops their servers after the grace period, and
+# serves /services/gpulab-quota/api/me (every user, about themselves), api/usage and
+# metrics (operators). It reads this same file for the settings above.
+c.QuotaService.tick_seconds = 30
+c.QuotaService.warn_before_seconds = 15 * 60
+c.QuotaService.grace_seconds = 5 * 60
+c.JupyterHub.services.append(
+    {
+        "name": "gpulab-quota",
+        "url": f"http://127.0.0.1:{free_port()}",
+        "command": [
+            sys.executable,
+            "-m",
+            "gpulab_hub.quota_service",
+            "--config",
+            os.environ.get("GPULAB_HUB_CONFIG", __file__),
+        ],
+        "oauth_no_confirm": True,
+    }
+)
+c.JupyterHub.custom_scopes = {
+    "custom:gpulab:operate": {"description": "Read everyone's GPU usage and quota reports."}
+}
+c.JupyterHub.load_roles += [
+    {
+        "name": "gpulab-quota",
+        "scopes": [
+            "list:users",
+            "read:users",
+            "read:servers",
+            "delete:servers",
+            "users:activity",
+        ],
+        "services": ["gpulab-quota"],
+    },
+    # Everyone may ask the quota service about themselves.
+    {"name": "user", "scopes": ["self", "access:services!service=gpulab-quota"]},
+    {"name": "gpulab-operator", "scopes": ["custom:gpulab:operate"], "users": [settings.admin]},
 ]

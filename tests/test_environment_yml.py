@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[1]
@@ -15,7 +16,7 @@ CONDA_ONLY = {"python", "nodejs", "configurable-http-proxy", "pip"}
 
 def pip_requirements():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    return {Requirement(r).name.lower(): Requirement(r) for r in project["dependencies"]}
+    return {canonicalize_name(Requirement(r).name): Requirement(r) for r in project["dependencies"]}
 
 
 def conda_specs():
@@ -24,7 +25,7 @@ def conda_specs():
     for entry in env["dependencies"]:
         if isinstance(entry, str):
             name, _, version = entry.partition(" ")
-            specs[name.lower()] = version.replace(" ", "")
+            specs[canonicalize_name(name)] = version.replace(" ", "")
     return specs
 
 

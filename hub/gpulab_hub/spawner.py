@@ -1,4 +1,4 @@
-"""The local-process spawner of the embedded default.
+"""The local-process spawner of the embedded default (``LocalGpulabSpawner``).
 
 It starts each user's JupyterLab as a process of the hub's own OS account, in a home
 folder under the state folder. It isolates nothing between users (same account, same
@@ -10,7 +10,9 @@ spawners of the scale-out deployments. What it adds over JupyterHub's
   could not bind its port is restarted on another one, and the hub is told the port only
   once our own process listens on it;
 - each server's output goes to ``<log_dir>/<user>.log`` instead of the hub's terminal;
-- ``--allow-root`` when the hub runs as root (Jupyter server refuses root otherwise).
+- ``--allow-root`` when the hub runs as root (Jupyter server refuses root otherwise);
+- gpulab's quota (``QuotaSpawnerMixin``): the spawn form's profiles, admission by the
+  ledger, ``CUDA_VISIBLE_DEVICES``, release on stop.
 
 Override points: ``home_dir_template``, ``log_dir``, ``bind_attempts`` (config), and the
 usual ``Spawner`` hooks (``pre_spawn_hook``, ``get_env``) for later gpulab layers.
@@ -27,9 +29,10 @@ from jupyterhub.spawner import SimpleLocalProcessSpawner
 from traitlets import Integer, Unicode, default
 
 from gpulab_hub.ports import PortBindError, hub_ports, wait_for_listener
+from gpulab_hub.quota_spawner import QuotaSpawnerMixin
 
 
-class LocalGpulabSpawner(SimpleLocalProcessSpawner):
+class PortSafeLocalProcessSpawner(SimpleLocalProcessSpawner):
     log_dir = Unicode(
         "",
         config=True,
@@ -128,6 +131,10 @@ class LocalGpulabSpawner(SimpleLocalProcessSpawner):
             return _NoLog()
         path.parent.mkdir(parents=True, exist_ok=True)
         return open(path, "ab")  # noqa: SIM115 - closed by the with-block in start()
+
+
+class LocalGpulabSpawner(QuotaSpawnerMixin, PortSafeLocalProcessSpawner):
+    """The embedded default's spawner: quota-governed local processes on safe ports."""
 
 
 class _NoLog:

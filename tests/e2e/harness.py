@@ -44,10 +44,13 @@ class RunningHub:
         return match.group(1) if match else None
 
     @classmethod
-    def start(cls, state_dir: Path, port: int, timeout: float = 120) -> RunningHub:
+    def start(
+        cls, state_dir: Path, port: int, timeout: float = 120, command: list[str] | None = None
+    ) -> RunningHub:
+        """Start ``make -s run`` (or ``command``, e.g. ``gpulab hub --config X``)."""
         env = {**os.environ, "GPULAB_STATE_DIR": str(state_dir), "GPULAB_PORT": str(port)}
         proc = subprocess.Popen(
-            ["make", "-s", "run"],
+            command or ["make", "-s", "run"],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,

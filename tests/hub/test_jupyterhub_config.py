@@ -15,6 +15,7 @@ def load_config(monkeypatch, state, port="8123"):
     monkeypatch.setenv("GPULAB_PORT", port)
     monkeypatch.delenv("GPULAB_IP", raising=False)
     monkeypatch.delenv("GPULAB_ADMIN", raising=False)
+    monkeypatch.delenv("GPULAB_HUB_CONFIG", raising=False)
     return PyFileConfigLoader("jupyterhub_config.py", path=str(REPO)).load_config()
 
 
@@ -64,19 +65,32 @@ def test_bad_environment_stops_the_hub_with_the_variable_named(monkeypatch, tmp_
     assert not (tmp_path / "state").exists()
 
 
-def test_idle_culler_runs_as_a_service_with_only_the_scopes_it_needs(monkeypatch, tmp_path):
+def test_services_run_with_only_the_scopes_they_need(monkeypatch, tmp_path):
     c = load_config(monkeypatch, tmp_path / "state")
-    (service,) = c.JupyterHub.services
-    assert service["name"] == "idle-culler"
-    assert "jupyterhub_idle_culler" in service["command"]
-    (role,) = c.JupyterHub.load_roles
-    assert role["services"] == ["idle-culler"]
-    assert set(role["scopes"]) == {
+    services = {service["name"]: service for service in c.JupyterHub.services}
+    assert set(services) == {"idle-culler", "gpulab-quota"}
+    assert "jupyterhub_idle_culler" in services["idle-culler"]["command"]
+    quota_command = services["gpulab-quota"]["command"]
+    assert quota_command[-2:] == ["--config", str(REPO / "jupyterhub_config.py")]
+    roles = {role["name"]: role for role in c.JupyterHub.load_roles}
+    assert roles["idle-culler"]["services"] == ["idle-culler"]
+    assert set(roles["idle-culler"]["scopes"]) == {
         "list:users",
         "read:users:activity",
         "read:servers",
         "delete:servers",
     }
+    assert roles["gpulab-quota"]["services"] == ["gpulab-quota"]
+    assert "admin:users" not in roles["gpulab-quota"]["scopes"]
+    # Every user may ask the quota service about themselves; only operators more.
+    assert "access:services!service=gpulab-quota" in roles["user"]["scopes"]
+    assert roles["gpulab-operator"]["users"] == ["admin"]
+
+
+def test_quota_ledger_lives_in_the_state_folder(monkeypatch, tmp_path):
+    state = tmp_path / "state"
+    c = load_config(monkeypatch, state)
+    assert c.GpulabQuota.ledger_url == f"sqlite:///{state / 'ledger.sqlite'}"
 
 
 def test_aliases_name_gpulab_classes():

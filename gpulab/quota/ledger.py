@@ -1,0 +1,802 @@
+"""The quota ledger: who was granted which GPUs, for how long, and every decision taken.
+
+One :class:`Ledger` per process (it owns a connection pool); any number of processes may
+share one database. The tables are in :mod:`gpulab.quota.models`.
+
+Atomicity. Every write (``admit``, ``release``, ``accrue``, ``record_event``, ``restore``)
+runs as one transaction that first takes the ledger's write lock, so the checks and the
+writes of one admission can't interleave with another's:
+
+- SQLite: ``BEGIN IMMEDIATE`` takes the database's write lock before the first read; other
+  writers wait on the busy timeout; readers keep reading the last commit (WAL mode).
+- PostgreSQL: ``pg_advisory_xact_lock`` on one fixed key, released at commit or rollback
+  (also when the client dies). We chose it over SERIALIZABLE + retry: every admission
+  reads the same lease rows, so under a burst (200 requests for 8 GPUs) nearly every
+  SERIALIZABLE transaction would fail and retry, and bounded retries would turn a burst into
+  errors instead of clean "capacity" denials. A ledger write takes about a millisecond and
+  spawns are rare, so one writer at a time costs nothing that matters. Serialisation
+  failures, deadlocks and unique violations (someone writing without the lock) are still
+  retried, a bounded number of times with jitter.
+
+Either way the primary key of ``device_leases`` makes "one device twice" impossible in the
+database itself, and a partial unique index allows one open allocation per (user, server).
+
+Clock. Every timestamp and every duration comes from the database's clock, read once per
+transaction after the write lock is held (so they are ordered like the commits), never
+from the caller's. Test hook: to make time pass, move ``granted_at`` and
+``last_accrued_at`` of an allocation back with an SQL UPDATE (``tests/quota/conftest.py``'s
+``backdate``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+
+from gpulab.quota.models import (
+    ACTIONS,
+    CULL_REASONS,
+    UTCDateTime,
+    allocations,
+    audit_events,
+    device_leases,
+    metadata,
+)
+from gpulab.quota.policy import Policy
+
+T = TypeVar("T")
+
+# pg_advisory_xact_lock key of the ledger's write lock (ASCII "gpulabLD").
+_PG_LOCK_KEY = 0x6770756C61624C44
+_PG_RETRY_SQLSTATES = {"40001", "40P01", "23505"}  # serialization, deadlock, unique
+_MAX_ATTEMPTS = 8
+BACKUP_FORMAT = "gpulab-ledger"
+BACKUP_VERSION = 1
+
+
+class QuotaDenied(Exception):
+    """An admission the quota refuses: an expected, user-facing outcome, not a fault.
+
+    ``str(e)`` is the message for the user. ``reason`` is a short code for programs and
+    metrics ("max_gpus", "budget", "capacity", "open_allocation"); ``status_code`` the HTTP
+    status to answer with (403 for a limit, 409 for capacity or a conflict); ``detail`` the
+    figures behind the decision, and ``log_message`` what to log.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        status_code: int = 403,
+        detail: Mapping[str, Any] | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+        self.status_code = status_code
+        self.detail = dict(detail or {})
+
+    @property
+    def log_message(self) -> str:
+        return f"quota denied ({self.reason}): {self.message} {json.dumps(self.detail)}"
+
+
+@dataclass(frozen=True)
+class Grant:
+    allocation_id: int
+    user: str
+    server: str
+    device_uuids: tuple[str, ...]
+    granted_at: datetime
+
+
+@dataclass(frozen=True)
+class Allocation:
+    id: int
+    user: str
+    server: str
+    device_uuids: tuple[str, ...]
+    gpus: int
+    granted_at: datetime
+    ended_at: datetime | None
+    end_reason: str | None
+    gpu_seconds: float  # accrued up to last_accrued_at (to ended_at once closed)
+    energy_joules: float
+    last_accrued_at: datetime
+
+    @property
+    def is_open(self) -> bool:
+        return self.ended_at is None
+
+
+@dataclass(frozen=True)
+class Usage:
+    gpu_seconds: float  # in the window, running allocations counted up to now
+    energy_joules: float  # in the window, as accrued (not extrapolated)
+    open_gpus: int  # held now
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    id: int
+    at: datetime
+    actor: str | None
+    action: str
+    user: str | None
+    allocation_id: int | None
+    reason: str | None
+    detail: dict | None
+
+
+def _allocation(row) -> Allocation:
+    return Allocation(
+        id=row.id,
+        user=row.user,
+        server=row.server,
+        device_uuids=tuple(row.device_uuids or ()),
+        gpus=row.gpus,
+        granted_at=row.granted_at,
+        ended_at=row.ended_at,
+        end_reason=row.end_reason,
+        gpu_seconds=row.gpu_seconds,
+        energy_joules=row.energy_joules,
+        last_accrued_at=row.last_accrued_at,
+    )
+
+
+def _audit_event(row) -> AuditEvent:
+    return AuditEvent(
+        id=row.id,
+        at=row.at,
+        actor=row.actor,
+        action=row.action,
+        user=row.user,
+        allocation_id=row.allocation_id,
+        reason=row.reason,
+        detail=row.detail,
+    )
+
+
+def _check_gpus(gpus: object) -> int:
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+        raise ValueError(f"gpus must be a whole number of GPUs, 0 or more, not {gpus!r}")
+    return gpus
+
+
+def _check_name(field: str, value: object, *, empty_ok: bool = False) -> str:
+    if not isinstance(value, str) or (not value and not empty_ok) or len(value) > 255:
+        raise ValueError(f"{field} must be a string of at most 255 characters, not {value!r}")
+    return value
+
+
+def _check_devices(devices: Sequence[str]) -> list[str]:
+    if isinstance(devices, str | bytes) or not isinstance(devices, Sequence):
+        raise ValueError(f"devices must be a sequence of device UUIDs, not {devices!r}")
+    unique = list(dict.fromkeys(devices))
+    for uuid in unique:
+        _check_name("each of devices", uuid)
+    return unique
+
+
+def _human_duration(seconds: float) -> str:
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = int(seconds // size)
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds:g} seconds"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _overlap(a0: datetime, a1: datetime, b0: datetime, b1: datetime) -> float:
+    return max(0.0, (min(a1, b1) - max(a0, b0)).total_seconds())
+
+
+class Ledger:
+    """The allocations, device leases and audit log in one SQLAlchemy database.
+
+    ``url``: ``sqlite:////abs/path/ledger.sqlite`` or ``postgresql+psycopg://...``.
+    ``busy_timeout``: seconds a write waits for the write lock before failing.
+    ``pool_size``: connections kept per process (concurrent callers beyond it wait).
+    Tables are created if missing.
+    """
+
+    def __init__(self, url: str, *, busy_timeout: float = 30.0, pool_size: int = 5):
+        self.url = make_url(url)
+        self.backend = self.url.get_backend_name()
+        if self.backend not in ("sqlite", "postgresql"):
+            raise ValueError(f"ledger url must be sqlite or postgresql, not {self.backend!r}")
+        self.busy_timeout = busy_timeout
+        kwargs: dict[str, Any] = {
+            "pool_size": pool_size,
+            "max_overflow": pool_size,
+            "pool_timeout": busy_timeout,
+        }
+        if self.backend == "sqlite":
+            if self.url.database in (None, "", ":memory:"):
+                raise ValueError("the ledger needs a SQLite file, not an in-memory database")
+            kwargs["connect_args"] = {"timeout": busy_timeout, "check_same_thread": False}
+        else:
+            # Waiting for the write lock is bounded like SQLite's busy timeout.
+            ms = int(busy_timeout * 1000)
+            kwargs["connect_args"] = {"options": f"-c lock_timeout={ms}"}
+            # Checked at checkout, before any transaction: a write whose COMMIT was lost
+            # with its connection is never retried blindly (its outcome is unknown).
+            kwargs["pool_pre_ping"] = True
+        self.engine = create_engine(self.url, **kwargs)
+        if self.backend == "sqlite":
+            _configure_sqlite(self.engine, busy_timeout)
+        # One writer at a time inside this process: waiters queue here, fairly and without
+        # polling, instead of in SQLite's busy handler. Other processes are serialised by
+        # the database lock.
+        self._write_mutex = threading.Lock()
+        with self._transaction(write=True) as (conn, _):
+            metadata.create_all(conn)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Ledger {self.url.render_as_string(hide_password=True)}>"
+
+    # transactions ---------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[tuple[Connection, datetime]]:
+        """A transaction and the database's 'now'; with the write lock when ``write``."""
+        with self._write_mutex if write else nullcontext(), self.engine.connect() as conn:
+            if self.backend == "sqlite":
+                conn.execution_options(gpulab_sqlite_begin="IMMEDIATE" if write else "DEFERRED")
+            elif not write:
+                conn.execution_options(isolation_level="REPEATABLE READ")  # one snapshot
+            with conn.begin():
+                yield conn, self._db_now(conn, lock=write)
+
+    def _db_now(self, conn: Connection, *, lock: bool = False) -> datetime:
+        """The database's clock; first takes the write lock on PostgreSQL when ``lock``
+        (SQLite's BEGIN IMMEDIATE took it already)."""
+        if self.backend == "sqlite":
+            value = conn.exec_driver_sql("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')").scalar()
+            return datetime.strptime(value, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
+        if lock:
+            # One round trip: the subquery (volatile, so never flattened) takes the lock
+            # before the outer clock_timestamp() is read, so "now" is after the wait, and
+            # timestamps are ordered like the commits (now() would be the wait's start).
+            value = conn.execute(
+                text(
+                    "SELECT clock_timestamp() FROM "
+                    "(SELECT pg_advisory_xact_lock(:key) AS locked) AS write_lock"
+                ),
+                {"key": _PG_LOCK_KEY},
+            ).scalar()
+        else:
+            value = conn.exec_driver_sql("SELECT clock_timestamp()").scalar()
+        return value.astimezone(UTC)
+
+    def _write(self, fn: Callable[[Connection, datetime], T]) -> T:
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            try:
+                with self._transaction(write=True) as (conn, now):
+                    return fn(conn, now)
+            except DBAPIError as e:
+                if attempt == _MAX_ATTEMPTS or not self._retryable(e):
+                    raise
+            time.sleep(random.uniform(0, 0.005 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    def _retryable(self, error: DBAPIError) -> bool:
+        if self.backend == "postgresql":
+            return getattr(error.orig, "sqlstate", None) in _PG_RETRY_SQLSTATES
+        return "database is locked" in str(error.orig)
+
+    def db_now(self) -> datetime:
+        """The database's clock, as an aware UTC datetime."""
+        with self._transaction(write=False) as (_, now):
+            return now
+
+    # admission ------------------------------------------------------------------------
+
+    def admit(
+        self,
+        *,
+        user: str,
+        server: str,
+        gpus: int,
+        policy: Policy,
+        devices: Sequence[str],
+        actor: str | None = None,
+    ) -> Grant:
+        """Grant ``gpus`` of ``devices`` (the node's inventory) to ``user``'s ``server``.
+
+        Checks, in order: the request (ValueError, nothing recorded), one open allocation
+        per server, ``policy.max_gpus``, the GPU-hour budget in the rolling window, free
+        devices. A refusal raises :class:`QuotaDenied` after committing a ``denied`` audit
+        event; a grant commits the allocation, its leases and a ``granted`` event together.
+        ``gpus=0`` (a CPU server) is granted and recorded with no devices.
+        """
+        gpus = _check_gpus(gpus)
+        user = _check_name("user", user)
+        server = _check_name("server", server, empty_ok=True)
+        inventory = _check_devices(devices)
+        decision = self._write(
+            lambda conn, now: self._decide(conn, now, user, server, gpus, policy, inventory, actor)
+        )
+        if isinstance(decision, QuotaDenied):
+            raise decision
+        return decision
+
+    def _decide(
+        self,
+        conn: Connection,
+        now: datetime,
+        user: str,
+        server: str,
+        gpus: int,
+        policy: Policy,
+        inventory: list[str],
+        actor: str | None,
+    ) -> Grant | QuotaDenied:
+        request = {"gpus": gpus, "server": server}
+
+        def deny(reason: str, message: str, status_code: int = 403, **figures) -> QuotaDenied:
+            denial = QuotaDenied(
+                message, reason=reason, status_code=status_code, detail=request | figures
+            )
+            # reason: the short code (for queries and metrics); the message goes in detail.
+            self._audit(
+                conn, now, "denied", user, None, actor, reason, denial.detail | {"message": message}
+            )
+            return denial
+
+        mine = conn.execute(
+            select(allocations).where(allocations.c.user == user, allocations.c.ended_at.is_(None))
+        ).all()
+        for row in mine:
+            if row.server == server:
+                name = f"server {server!r}" if server else "your default server"
+                return deny(
+                    "open_allocation",
+                    f"{name} already holds allocation {row.id} "
+                    f"({_plural(row.gpus, 'GPU')}); stop it before starting it again",
+                    409,
+                    allocation_id=row.id,
+                )
+        held = sum(row.gpus for row in mine)
+        if gpus and policy.max_gpus is not None and held + gpus > policy.max_gpus:
+            return deny(
+                "max_gpus",
+                f"you hold {held} of your {_plural(policy.max_gpus, 'GPU')}; "
+                f"this request for {gpus} would exceed it",
+                held=held,
+                max_gpus=policy.max_gpus,
+            )
+        if gpus and policy.gpu_hours is not None:
+            used = self._usage(conn, now, user, policy.window_seconds).gpu_seconds
+            if used >= policy.gpu_hours * 3600:
+                return deny(
+                    "budget",
+                    f"your GPU-hour budget is used up: {used / 3600:.2f} of "
+                    f"{policy.gpu_hours:g} GPU-hours in the last "
+                    f"{_human_duration(policy.window_seconds)}",
+                    used_gpu_seconds=round(used, 3),
+                    gpu_hours=policy.gpu_hours,
+                    window_seconds=policy.window_seconds,
+                )
+        chosen: list[str] = []
+        if gpus:
+            total = len(inventory)
+            leased = set(conn.scalars(select(device_leases.c.device_uuid)))
+            free = [uuid for uuid in inventory if uuid not in leased]
+            if gpus > total:
+                message = (
+                    f"this node has {_plural(total, 'GPU')}; "
+                    f"a request for {gpus} can never be granted here"
+                    if total
+                    else "this node has no GPUs"
+                )
+                return deny("capacity", message, 409, free=len(free), total=total)
+            if len(free) < gpus:
+                message = (
+                    f"all {_plural(total, 'GPU')} are in use"
+                    if not free
+                    else f"only {len(free)} of {total} GPUs "
+                    f"{'is' if len(free) == 1 else 'are'} free; this request needs {gpus}"
+                )
+                if total == 1 and not free:
+                    message = "the node's only GPU is in use"
+                return deny("capacity", message, 409, free=len(free), total=total)
+            chosen = free[:gpus]
+
+        allocation_id = conn.execute(
+            insert(allocations).values(
+                user=user,
+                server=server,
+                device_uuids=chosen,
+                gpus=gpus,
+                granted_at=now,
+                last_accrued_at=now,
+                gpu_seconds=0.0,
+                energy_joules=0.0,
+            )
+        ).inserted_primary_key[0]
+        if chosen:
+            conn.execute(
+                insert(device_leases),
+                [{"device_uuid": uuid, "allocation_id": allocation_id} for uuid in chosen],
+            )
+        self._audit(
+            conn, now, "granted", user, allocation_id, actor, None, request | {"devices": chosen}
+        )
+        return Grant(allocation_id, user, server, tuple(chosen), now)
+
+    # closing and accounting -----------------------------------------------------------
+
+    def release(
+        self,
+        allocation_id: int,
+        *,
+        reason: str,
+        actor: str | None = None,
+        energy_joules: float | None = None,
+    ) -> Allocation:
+        """Close an allocation: accrue to now, free its devices, audit why.
+
+        The audit action is ``culled`` for enforcement reasons (``CULL_REASONS``), else
+        ``released``. Releasing a closed allocation changes nothing and returns it (the hub
+        may release from several paths). ``energy_joules``: a last energy delta to add.
+        Unknown ids raise KeyError.
+        """
+        reason = _check_name("reason", reason)
+        extra = _check_energy(energy_joules) if energy_joules is not None else 0.0
+
+        def close(conn: Connection, now: datetime) -> Allocation:
+            row = conn.execute(select(allocations).where(allocations.c.id == allocation_id)).first()
+            if row is None:
+                raise KeyError(f"no allocation {allocation_id!r} in the ledger")
+            if row.ended_at is not None:
+                return _allocation(row)
+            elapsed = max(0.0, (now - row.last_accrued_at).total_seconds())
+            end = max(now, row.last_accrued_at)
+            conn.execute(
+                update(allocations)
+                .where(allocations.c.id == allocation_id)
+                .values(
+                    ended_at=end,
+                    end_reason=reason,
+                    last_accrued_at=end,
+                    gpu_seconds=row.gpu_seconds + row.gpus * elapsed,
+                    energy_joules=row.energy_joules + extra,
+                )
+            )
+            conn.execute(delete(device_leases).where(device_leases.c.allocation_id == row.id))
+            action = "culled" if reason in CULL_REASONS else "released"
+            self._audit(conn, now, action, row.user, row.id, actor, reason, None)
+            return self._get(conn, allocation_id)
+
+        return self._write(close)
+
+    def accrue(self, energy_by_allocation: Mapping[int, float] | None = None) -> list[Allocation]:
+        """Add the GPU-seconds since each open allocation's last accrual (database clock),
+        and the energy deltas given (joules since the last call, by allocation id; closed
+        allocations take them too, unknown ids are ignored). Returns the open allocations.
+        """
+        energy = {int(k): _check_energy(v) for k, v in (energy_by_allocation or {}).items()}
+
+        def run(conn: Connection, now: datetime) -> list[Allocation]:
+            for row in conn.execute(select(allocations).where(allocations.c.ended_at.is_(None))):
+                elapsed = max(0.0, (now - row.last_accrued_at).total_seconds())
+                conn.execute(
+                    update(allocations)
+                    .where(allocations.c.id == row.id)
+                    .values(
+                        gpu_seconds=row.gpu_seconds + row.gpus * elapsed,
+                        last_accrued_at=max(now, row.last_accrued_at),
+                        energy_joules=row.energy_joules + energy.pop(row.id, 0.0),
+                    )
+                )
+            for allocation_id, joules in energy.items():  # closed ones
+                conn.execute(
+                    update(allocations)
+                    .where(allocations.c.id == allocation_id)
+                    .values(energy_joules=allocations.c.energy_joules + joules)
+                )
+            return self._open(conn, None)
+
+        return self._write(run)
+
+    def record_event(
+        self,
+        action: str,
+        *,
+        user: str | None = None,
+        actor: str | None = None,
+        allocation_id: int | None = None,
+        reason: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> AuditEvent:
+        """Append an audit event (``limit_changed``, ``warned``, ``reconciled`` ...)."""
+        if action not in ACTIONS:
+            raise ValueError(f"action must be one of {sorted(ACTIONS)}, not {action!r}")
+
+        def run(conn: Connection, now: datetime) -> AuditEvent:
+            event_id = self._audit(
+                conn, now, action, user, allocation_id, actor, reason, dict(detail or {})
+            )
+            row = conn.execute(select(audit_events).where(audit_events.c.id == event_id)).one()
+            return _audit_event(row)
+
+        return self._write(run)
+
+    def _audit(self, conn, now, action, user, allocation_id, actor, reason, detail) -> int:
+        return conn.execute(
+            insert(audit_events).values(
+                at=now,
+                action=action,
+                user=user,
+                allocation_id=allocation_id,
+                actor=actor,
+                reason=reason,
+                detail=detail,
+            )
+        ).inserted_primary_key[0]
+
+    # queries --------------------------------------------------------------------------
+
+    def _get(self, conn: Connection, allocation_id: int) -> Allocation:
+        row = conn.execute(select(allocations).where(allocations.c.id == allocation_id)).one()
+        return _allocation(row)
+
+    def _open(self, conn: Connection, user: str | None) -> list[Allocation]:
+        query = select(allocations).where(allocations.c.ended_at.is_(None))
+        if user is not None:
+            query = query.where(allocations.c.user == user)
+        return [_allocation(row) for row in conn.execute(query.order_by(allocations.c.id))]
+
+    def allocation(self, allocation_id: int) -> Allocation | None:
+        with self._transaction(write=False) as (conn, _):
+            row = conn.execute(select(allocations).where(allocations.c.id == allocation_id)).first()
+            return None if row is None else _allocation(row)
+
+    def open_allocations(self, user: str | None = None) -> list[Allocation]:
+        with self._transaction(write=False) as (conn, _):
+            return self._open(conn, user)
+
+    def find_open(self, user: str, server: str) -> Allocation | None:
+        with self._transaction(write=False) as (conn, _):
+            row = conn.execute(
+                select(allocations).where(
+                    allocations.c.user == user,
+                    allocations.c.server == server,
+                    allocations.c.ended_at.is_(None),
+                )
+            ).first()
+            return None if row is None else _allocation(row)
+
+    def usage(self, user: str, since_seconds_ago: float) -> Usage:
+        """GPU-seconds and joules of ``user`` in the last ``since_seconds_ago`` seconds
+        (allocations straddling the window's start count pro rata; running ones up to now),
+        and the GPUs they hold now."""
+        with self._transaction(write=False) as (conn, now):
+            return self._usage(conn, now, user, since_seconds_ago)
+
+    def _usage(self, conn: Connection, now: datetime, user: str, window: float) -> Usage:
+        start = now - timedelta(seconds=window)
+        rows = conn.execute(
+            select(allocations).where(
+                allocations.c.user == user,
+                (allocations.c.ended_at.is_(None)) | (allocations.c.ended_at > start),
+            )
+        )
+        gpu_seconds = energy = 0.0
+        open_gpus = 0
+        for row in rows:
+            if row.ended_at is None:
+                open_gpus += row.gpus
+                end = max(now, row.last_accrued_at)
+                total = row.gpu_seconds + row.gpus * (end - row.last_accrued_at).total_seconds()
+            else:
+                end, total = row.ended_at, row.gpu_seconds
+            span = (end - row.granted_at).total_seconds()
+            inside = _overlap(row.granted_at, end, start, now)
+            fraction = inside / span if span > 0 else float(row.granted_at >= start)
+            gpu_seconds += total * fraction
+            energy += row.energy_joules * fraction
+        return Usage(gpu_seconds=gpu_seconds, energy_joules=energy, open_gpus=open_gpus)
+
+    def allocations_since(self, since_seconds_ago: float) -> list[Allocation]:
+        """Allocations open now or ended in the last ``since_seconds_ago`` seconds."""
+        with self._transaction(write=False) as (conn, now):
+            start = now - timedelta(seconds=since_seconds_ago)
+            query = select(allocations).where(
+                allocations.c.ended_at.is_(None) | (allocations.c.ended_at > start)
+            )
+            return [_allocation(row) for row in conn.execute(query.order_by(allocations.c.id))]
+
+    def totals_by_user(self) -> dict[str, tuple[float, float]]:
+        """All-time accrued (GPU-seconds, joules) by user: monotonic, for counters."""
+        query = select(
+            allocations.c.user,
+            func.sum(allocations.c.gpu_seconds),
+            func.sum(allocations.c.energy_joules),
+        ).group_by(allocations.c.user)
+        with self._transaction(write=False) as (conn, _):
+            return {user: (float(s or 0), float(j or 0)) for user, s, j in conn.execute(query)}
+
+    def decision_counts(self) -> dict[tuple[str, str | None], int]:
+        """How many admissions were granted, and denied by reason code, ever."""
+        query = (
+            select(audit_events.c.action, audit_events.c.reason, func.count())
+            .where(audit_events.c.action.in_(("granted", "denied")))
+            .group_by(audit_events.c.action, audit_events.c.reason)
+        )
+        with self._transaction(write=False) as (conn, _):
+            return {(action, reason): n for action, reason, n in conn.execute(query)}
+
+    def audit(
+        self,
+        user: str | None = None,
+        *,
+        limit: int = 100,
+        action: str | None = None,
+        since_id: int | None = None,
+    ) -> list[AuditEvent]:
+        """Audit events, newest first; ``since_id`` keeps those with a larger id."""
+        query = select(audit_events).order_by(audit_events.c.id.desc()).limit(limit)
+        if user is not None:
+            query = query.where(audit_events.c.user == user)
+        if action is not None:
+            query = query.where(audit_events.c.action == action)
+        if since_id is not None:
+            query = query.where(audit_events.c.id > since_id)
+        with self._transaction(write=False) as (conn, _):
+            return [_audit_event(row) for row in conn.execute(query)]
+
+    def verify(self) -> list[str]:
+        """Consistency problems (an empty list when there are none): every open allocation
+        leases exactly its devices, closed ones lease none, and counts match."""
+        problems = []
+        with self._transaction(write=False) as (conn, _):
+            leases: dict[int, set[str]] = {}
+            for uuid, allocation_id in conn.execute(select(device_leases)):
+                leases.setdefault(allocation_id, set()).add(uuid)
+            for row in conn.execute(select(allocations)):
+                devices = set(row.device_uuids or ())
+                held = leases.pop(row.id, set())
+                if len(devices) != row.gpus or len(row.device_uuids or ()) != row.gpus:
+                    problems.append(f"allocation {row.id}: {row.gpus} GPUs but {devices}")
+                if row.ended_at is None and held != devices:
+                    problems.append(f"open allocation {row.id} leases {held}, not {devices}")
+                if row.ended_at is not None and held:
+                    problems.append(f"closed allocation {row.id} still leases {held}")
+            problems += [f"leases {v} of unknown allocation {k}" for k, v in leases.items()]
+        return problems
+
+    # backup ---------------------------------------------------------------------------
+
+    def backup(self, path: str | os.PathLike) -> dict[str, int]:
+        """Write all three tables, from one snapshot, to a JSON file (atomically replaced).
+        Returns the row count of each table."""
+        with self._transaction(write=False) as (conn, now):
+            tables = {
+                table.name: [
+                    _to_json(dict(row._mapping))
+                    for row in conn.execute(select(table).order_by(*table.primary_key.columns))
+                ]
+                for table in (allocations, device_leases, audit_events)
+            }
+        document = {
+            "format": BACKUP_FORMAT,
+            "version": BACKUP_VERSION,
+            "taken_at": now.isoformat(),
+            "tables": tables,
+        }
+        path = Path(path)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        with open(partial, "w", encoding="utf-8") as f:
+            json.dump(document, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+        return {name: len(rows) for name, rows in tables.items()}
+
+    def restore(self, path: str | os.PathLike, *, replace: bool = False) -> dict[str, int]:
+        """Load a :meth:`backup` file in one transaction. An empty ledger is required
+        unless ``replace``, which deletes what is there first. Returns the row counts."""
+        with open(path, encoding="utf-8") as f:
+            document = json.load(f)
+        if not isinstance(document, dict) or document.get("format") != BACKUP_FORMAT:
+            raise ValueError(f"{path} is not a gpulab ledger backup")
+        if document.get("version") != BACKUP_VERSION:
+            raise ValueError(f"{path}: unsupported backup version {document.get('version')!r}")
+        tables = {t.name: t for t in (allocations, device_leases, audit_events)}
+        rows = {
+            name: [_from_json(tables[name], r) for r in document["tables"][name]] for name in tables
+        }
+
+        def run(conn: Connection, now: datetime) -> dict[str, int]:
+            present = sum(
+                conn.execute(select(func.count()).select_from(t)).scalar() for t in tables.values()
+            )
+            if present and not replace:
+                raise ValueError("the ledger is not empty; restore with replace=True to overwrite")
+            for table in (device_leases, allocations, audit_events):
+                conn.execute(delete(table))
+            for table in (allocations, device_leases, audit_events):
+                if rows[table.name]:
+                    conn.execute(insert(table), rows[table.name])
+            if self.backend == "postgresql":
+                for table in (allocations, audit_events):
+                    conn.execute(
+                        text(
+                            f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
+                            f"COALESCE((SELECT max(id) FROM {table.name}), 0) + 1, false)"
+                        )
+                    )
+            return {name: len(r) for name, r in rows.items()}
+
+        return self._write(run)
+
+
+def _check_energy(value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"energy must be a finite number of joules, not {value!r}")
+    if value < 0:
+        raise ValueError(f"energy must be 0 or more joules, not {value!r}")
+    return float(value)
+
+
+def _to_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+
+
+def _from_json(table, row: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(row) - set(table.columns.keys())
+    if unknown:
+        raise ValueError(f"backup row of {table.name} has unknown columns {sorted(unknown)}")
+    out = {}
+    for key, value in row.items():
+        column = table.columns[key]
+        if value is not None and isinstance(column.type, UTCDateTime):
+            value = datetime.fromisoformat(value)
+        out[key] = value
+    return out
+
+
+def _configure_sqlite(engine, busy_timeout: float) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record):
+        # Let SQLAlchemy's "begin" event below issue BEGIN, not the sqlite3 module.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):
+        mode = conn.get_execution_options().get("gpulab_sqlite_begin", "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {mode}")

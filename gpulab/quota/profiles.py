@@ -1,0 +1,161 @@
+"""Spawn profiles: the choices a user gets on the spawn form, built from the node's GPUs
+and the user's policy, each saying whether it can be had now and, if not, why.
+
+Profiles are named by their GPU count ("cpu", "1-gpu", "2-gpus", ...) so a request can
+be given either as ``{"profile": "2-gpus"}`` (the form) or ``{"gpus": 2}`` (the API).
+User options are untrusted: ``parse_spawn_options`` accepts exactly those two keys.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gpulab.quota.policy import Policy
+from gpulab.units import format_duration
+
+# GPU counts offered as profiles (those that fit the node).
+GPU_COUNTS = (1, 2, 4, 8)
+MAX_OPTIONS_CHARS = 4096
+
+
+class BadSpawnOptions(ValueError):
+    """User options that can't be a spawn request; ``field`` names the culprit."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What the node and the ledger say right now, for one user."""
+
+    total_gpus: int
+    free_gpus: int
+    held_gpus: int  # by this user, over all their servers
+    budget_left_seconds: float | None  # GPU-seconds left in the window; None = no budget
+    budget_renews_in_seconds: float | None = None  # when the oldest use leaves the window
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    display_name: str
+    gpus: int
+    available: bool
+    reason: str = ""  # why not available; empty when it is
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "display_name": self.display_name,
+            "gpus": self.gpus,
+            "available": self.available,
+            "reason": self.reason,
+        }
+
+
+def profile_name(gpus: int) -> str:
+    return "cpu" if gpus == 0 else f"{gpus}-gpu" if gpus == 1 else f"{gpus}-gpus"
+
+
+def build_profiles(policy: Policy, capacity: Capacity) -> list[Profile]:
+    """The profiles of this node for this user, unavailable ones with their reason."""
+    counts = [0, *(n for n in GPU_COUNTS if n <= capacity.total_gpus)]
+    profiles = []
+    for gpus in counts:
+        name = profile_name(gpus)
+        display = "CPU only" if gpus == 0 else f"{gpus} GPU" + ("s" if gpus > 1 else "")
+        reason = _unavailable_reason(name, gpus, policy, capacity)
+        if policy.profiles is not None and name not in policy.profiles:
+            continue  # not offered to this user at all
+        profiles.append(Profile(name, display, gpus, available=not reason, reason=reason))
+    return profiles
+
+
+def _unavailable_reason(name: str, gpus: int, policy: Policy, capacity: Capacity) -> str:
+    if gpus == 0:
+        return ""
+    if policy.max_gpus is not None and capacity.held_gpus + gpus > policy.max_gpus:
+        if capacity.held_gpus:
+            return f"you hold {capacity.held_gpus} of your {policy.max_gpus} GPUs at once"
+        return f"your limit is {policy.max_gpus} GPU{'s' if policy.max_gpus != 1 else ''} at once"
+    if capacity.budget_left_seconds is not None and capacity.budget_left_seconds <= 0:
+        window = format_duration(policy.window_seconds)
+        if capacity.budget_renews_in_seconds:
+            renews = format_duration(capacity.budget_renews_in_seconds)
+            return f"your GPU-hours for the last {window} are used up; some return in {renews}"
+        return f"your GPU-hours for the last {window} are used up"
+    if gpus > capacity.free_gpus:
+        if capacity.free_gpus == 0:
+            return f"all {capacity.total_gpus} GPUs are in use"
+        return f"only {capacity.free_gpus} of {capacity.total_gpus} GPUs are free"
+    return ""
+
+
+def parse_spawn_options(options: Mapping, profiles: list[Profile]) -> Profile:
+    """The profile a request asks for; BadSpawnOptions naming the field otherwise.
+
+    Accepts ``{"profile": NAME}`` or ``{"gpus": N}`` (not both), nothing else. An empty
+    request means the first profile (CPU only). Availability is not checked here: the
+    ledger's admission decides that atomically.
+    """
+    if not isinstance(options, Mapping):
+        raise BadSpawnOptions("options", "spawn options must be an object")
+    if len(repr(options)) > MAX_OPTIONS_CHARS:
+        raise BadSpawnOptions(
+            "options", f"spawn options are too large (over {MAX_OPTIONS_CHARS} characters)"
+        )
+    unknown = sorted(set(options) - {"profile", "gpus"})
+    if unknown:
+        shown = ", ".join(repr(str(k)[:40]) for k in unknown[:5])
+        raise BadSpawnOptions(unknown[0], f"unknown spawn option {shown}: use 'profile' or 'gpus'")
+    if "profile" in options and "gpus" in options:
+        raise BadSpawnOptions("gpus", "give either 'profile' or 'gpus', not both")
+    by_name = {p.name: p for p in profiles}
+    if "gpus" in options:
+        gpus = options["gpus"]
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+            raise BadSpawnOptions("gpus", f"gpus must be a whole number >= 0, not {gpus!r:.40}")
+        profile = by_name.get(profile_name(gpus))
+        if profile is None:
+            offered = ", ".join(str(p.gpus) for p in profiles)
+            raise BadSpawnOptions(
+                "gpus", f"gpus={gpus} is not offered here; choose one of {offered}"
+            )
+        return profile
+    name = options.get("profile", profiles[0].name if profiles else "cpu")
+    if not isinstance(name, str) or name not in by_name:
+        offered = ", ".join(by_name)
+        raise BadSpawnOptions(
+            "profile", f"profile {str(name)[:40]!r} is not offered here; choose one of {offered}"
+        )
+    return by_name[name]
+
+
+def render_form(profiles: list[Profile]) -> str:
+    """The spawn form's HTML: one radio button per profile; unavailable ones greyed with
+    their reason. Every text is escaped."""
+    rows = []
+    first_available = next((p.name for p in profiles if p.available), None)
+    for p in profiles:
+        name = html.escape(p.name, quote=True)
+        checked = " checked" if p.name == first_available else ""
+        disabled = "" if p.available else " disabled"
+        reason = (
+            f' <span class="gpulab-profile-reason text-muted">({html.escape(p.reason)})</span>'
+            if p.reason
+            else ""
+        )
+        rows.append(
+            f'<div class="radio gpulab-profile" data-profile="{name}">'
+            f'<label><input type="radio" name="profile" value="{name}"{checked}{disabled}> '
+            f"{html.escape(p.display_name)}</label>{reason}</div>"
+        )
+    return (
+        '<fieldset class="gpulab-profiles"><legend>Resources</legend>'
+        + "".join(rows)
+        + "</fieldset>"
+    )

@@ -1,0 +1,303 @@
+"""The quota service: a hub-managed service that runs the accountant and answers the
+quota API.
+
+JupyterHub starts it (``python -m gpulab_hub.quota_service --config jupyterhub_config.py``)
+with its own API token; it reads the same ``c.GpulabQuota`` settings as the spawners, and
+every ``tick_seconds``:
+
+- asks the hub which servers run (and each user's groups, for their policy),
+- lets the ``Accountant`` accrue, reconcile, warn and decide what to stop,
+- asks the hub to stop those servers, and marks GPU-busy servers active so the HTTP idle
+  culler spares them.
+
+Its API, under the service's prefix (``/services/gpulab-quota/``), authenticated by the hub
+(a token or the hub's OAuth login):
+
+- ``GET api/me``: the caller's allocations, usage, limits, budget left and warnings;
+- ``GET api/usage?since=7d``: everyone's usage (operators: hub admins);
+- ``GET metrics``: Prometheus metrics (operators, or a token with ``read:metrics``).
+
+It exits when the hub that started it goes away, so a killed hub leaves no orphan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from urllib.parse import quote, urlparse
+
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
+from tornado import httpclient, ioloop, web
+from traitlets import Float
+from traitlets.config import Configurable
+from traitlets.config.loader import PyFileConfigLoader
+
+from gpulab.quota.accountant import Accountant
+from gpulab.units import parse_duration
+from gpulab_hub.quota import GpulabQuota
+from gpulab_hub.quota_metrics import render_metrics
+
+SERVICE_NAME = "gpulab-quota"
+OPERATOR_SCOPE = "custom:gpulab:operate"
+
+
+class QuotaService(Configurable):
+    tick_seconds = Float(
+        30.0, config=True, help="""Seconds between two accounting rounds (accrual and checks)."""
+    )
+    warn_before_seconds = Float(
+        900.0,
+        config=True,
+        help="""Warn a user this many seconds before their budget or session length runs out.""",
+    )
+    grace_seconds = Float(
+        300.0,
+        config=True,
+        help="""Seconds a server may run past its budget or session length before it is
+        stopped (time to save work after the warning).""",
+    )
+    gpu_idle_seconds = Float(
+        None,
+        allow_none=True,
+        config=True,
+        help="""Stop a GPU server whose GPUs stayed at 0 % utilisation this long, even with
+        its browser tab open. None (the default) never culls for idle GPUs.""",
+    )
+    reconcile_after_seconds = Float(
+        300.0,
+        config=True,
+        help="""Close a ledger allocation whose server the hub no longer runs once it is this
+        old (younger ones may still be spawning).""",
+    )
+
+
+class HubClient:
+    """The few hub REST calls the service makes, with its own token."""
+
+    def __init__(self, api_url: str, token: str):
+        self.api_url = api_url.rstrip("/")
+        self.token = token
+        self.http = httpclient.AsyncHTTPClient()
+
+    async def _call(self, method: str, path: str, body: dict | None = None):
+        response = await self.http.fetch(
+            f"{self.api_url}{path}",
+            method=method,
+            headers={"Authorization": f"token {self.token}"},
+            body=None if body is None else json.dumps(body),
+            allow_nonstandard_methods=True,
+            raise_error=False,
+        )
+        if response.code >= 400 and response.code != 404:
+            raise RuntimeError(f"hub API {method} {path}: {response.code} {response.body[:200]!r}")
+        return json.loads(response.body) if response.body else None
+
+    async def servers(self) -> tuple[set[tuple[str, str]], dict[str, list[str]]]:
+        """Running or starting servers as (user, server name), and each user's groups."""
+        users = await self._call("GET", "/users?state=active&include_stopped_servers=0")
+        running, groups = set(), {}
+        for user in users or []:
+            groups[user["name"]] = user.get("groups", [])
+            for name in user.get("servers", {}):
+                running.add((user["name"], name))
+        return running, groups
+
+    async def user_groups(self, name: str) -> list[str]:
+        user = await self._call("GET", f"/users/{quote(name)}")
+        return (user or {}).get("groups", [])
+
+    async def stop_server(self, user: str, server: str) -> None:
+        path = f"/users/{quote(user)}/server"
+        if server:
+            path = f"/users/{quote(user)}/servers/{quote(server)}"
+        await self._call("DELETE", path)
+
+    async def mark_active(self, user: str, server: str, when: str) -> None:
+        await self._call(
+            "POST", f"/users/{quote(user)}/activity", {"servers": {server: {"last_activity": when}}}
+        )
+
+
+class QuotaHandler(HubOAuthenticated, web.RequestHandler):
+    def initialize(self, service: Service):
+        self.service = service
+
+    def write_json(self, value, status: int = 200):
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(value))
+
+    def write_error(self, status_code, **kwargs):
+        reason = self._reason
+        error = kwargs.get("exc_info", (None, None))[1]
+        if isinstance(error, web.HTTPError) and error.log_message:
+            reason = error.log_message
+        self.write_json({"status": status_code, "message": reason}, status_code)
+
+    def is_operator(self) -> bool:
+        user = self.current_user
+        return bool(user.get("admin")) or OPERATOR_SCOPE in set(user.get("scopes", []))
+
+
+class MeHandler(QuotaHandler):
+    @web.authenticated
+    async def get(self):
+        name = self.current_user["name"]
+        groups = self.current_user.get("groups") or await self.service.hub.user_groups(name)
+        self.write_json(self.service.report_for(name, groups))
+
+
+class UsageHandler(QuotaHandler):
+    @web.authenticated
+    async def get(self):
+        if not self.is_operator():
+            raise web.HTTPError(403, "only operators (hub admins) may read everyone's usage")
+        since = self.get_argument("since", "7d")
+        try:
+            seconds = parse_duration(since, name="since")
+        except ValueError as e:
+            raise web.HTTPError(400, str(e)) from None
+        self.write_json(self.service.usage_report(seconds))
+
+
+class MetricsHandler(QuotaHandler):
+    @web.authenticated
+    async def get(self):
+        scopes = set(self.current_user.get("scopes", []))
+        if not (self.is_operator() or "read:metrics" in scopes):
+            raise web.HTTPError(403, "metrics need an operator or a token with read:metrics")
+        self.set_header("Content-Type", "text/plain; version=0.0.4")
+        self.finish(render_metrics(self.service))
+
+
+class Service:
+    """The quota service's state: the quota object, the accountant and the hub client."""
+
+    def __init__(self, config, hub: HubClient):
+        self.settings = QuotaService(config=config)
+        self.quota = GpulabQuota.instance(config=config)
+        self.hub = hub
+        self.groups: dict[str, list[str]] = {}
+        self.accountant = Accountant(
+            self.quota.ledger,
+            self.quota.inventory,
+            lambda user: self.quota.policy_for(user, self.groups.get(user, [])),
+            warn_before_seconds=self.settings.warn_before_seconds,
+            grace_seconds=self.settings.grace_seconds,
+            gpu_idle_seconds=self.settings.gpu_idle_seconds,
+            reconcile_after_seconds=self.settings.reconcile_after_seconds,
+        )
+
+    async def tick(self) -> None:
+        running, self.groups = await self.hub.servers()
+        report = self.accountant.tick(running)
+        for allocation, reason in report.stop:
+            print(
+                f"gpulab-quota: stopping {allocation.user}/{allocation.server or 'default'}: "
+                f"{reason}",
+                flush=True,
+            )
+            await self.hub.stop_server(allocation.user, allocation.server)
+        now = self.quota.ledger.db_now().isoformat()
+        for allocation in report.busy:
+            await self.hub.mark_active(allocation.user, allocation.server, now)
+
+    def report_for(self, name: str, groups: list[str]) -> dict:
+        policy = self.quota.policy_for(name, groups)
+        usage = self.quota.ledger.usage(name, since_seconds_ago=policy.window_seconds)
+        budget_left = (
+            None if policy.gpu_hours is None else policy.gpu_hours * 3600 - usage.gpu_seconds
+        )
+        return {
+            "user": name,
+            "limits": policy.to_json(),
+            "usage": {
+                "window_seconds": policy.window_seconds,
+                "gpu_seconds": usage.gpu_seconds,
+                "gpu_hours": usage.gpu_seconds / 3600,
+                "energy_joules": usage.energy_joules,
+                "gpus_held": usage.open_gpus,
+            },
+            "budget_left_gpu_hours": None if budget_left is None else budget_left / 3600,
+            "allocations": [
+                {
+                    "id": a.id,
+                    "server": a.server,
+                    "gpus": a.gpus,
+                    "devices": list(a.device_uuids),
+                    "granted_at": a.granted_at.isoformat(),
+                }
+                for a in self.quota.ledger.open_allocations(name)
+            ],
+            "warnings": [w.to_json() for w in self.accountant.warnings(name)],
+        }
+
+    def usage_report(self, since_seconds: float) -> dict:
+        users = sorted({a.user for a in self.quota.ledger.allocations_since(since_seconds)})
+        by_user = {}
+        for name in users:
+            usage = self.quota.ledger.usage(name, since_seconds_ago=since_seconds)
+            by_user[name] = {
+                "gpu_seconds": usage.gpu_seconds,
+                "energy_joules": usage.energy_joules,
+                "gpus_held": usage.open_gpus,
+                "groups": self.groups.get(name, []),
+            }
+        return {"since_seconds": since_seconds, "users": by_user}
+
+
+def make_app(service: Service, prefix: str) -> web.Application:
+    handlers = [
+        (f"{prefix}api/me", MeHandler),
+        (f"{prefix}api/usage", UsageHandler),
+        (f"{prefix}metrics", MetricsHandler),
+        (f"{prefix}oauth_callback", HubOAuthCallbackHandler),
+    ]
+    auth = HubOAuth(api_token=os.environ["JUPYTERHUB_API_TOKEN"], cache_max_age=60)
+    return web.Application(
+        [
+            (path, handler, {"service": service})
+            if handler is not HubOAuthCallbackHandler
+            else (path, handler)
+            for path, handler in handlers
+        ],
+        cookie_secret=os.urandom(32),
+        hub_auth=auth,
+        xsrf_cookies=False,  # the API is read-only (GET); tokens and OAuth cookies only
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gpulab-quota-service")
+    parser.add_argument("--config", required=True, help="the hub's jupyterhub_config.py")
+    args = parser.parse_args(argv)
+    path = os.path.abspath(args.config)
+    config = PyFileConfigLoader(os.path.basename(path), path=os.path.dirname(path)).load_config()
+    hub = HubClient(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"])
+    service = Service(config, hub)
+    url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE_NAME}/")
+    make_app(service, prefix).listen(url.port, url.hostname)
+
+    loop = ioloop.IOLoop.current()
+    hub_pid = os.getppid()
+
+    async def tick():
+        if os.getppid() != hub_pid:  # the hub is gone (killed): don't outlive it
+            loop.stop()
+            return
+        try:
+            await service.tick()
+        except Exception as e:  # one failed round must not end accounting
+            print(f"gpulab-quota: accounting round failed: {e!r}", file=sys.stderr, flush=True)
+
+    ioloop.PeriodicCallback(tick, service.settings.tick_seconds * 1000).start()
+    loop.add_callback(tick)
+    loop.start()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""A spawner mixin that puts every spawn through gpulab's quota.
+
+Works over any base spawner (the local one now; KubeSpawner and batchspawner later):
+
+- the spawn form lists the profiles of this node for this user, unavailable ones greyed
+  with their reason;
+- ``start()`` validates the options, asks the ledger to admit the request (atomic: no
+  device is granted twice), hands the server ``CUDA_VISIBLE_DEVICES`` (device UUIDs) and
+  its allocation, then starts the base spawner; a start that fails releases the grant;
+- ``stop()`` and a ``poll()`` that finds the server gone release the allocation.
+
+A denied request is an HTTP 4xx whose message the hub shows on the spawn form (and the
+REST API returns); it never reaches the base spawner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from tornado import web
+from traitlets import HasTraits, Integer, default
+
+from gpulab.quota.ledger import QuotaDenied
+from gpulab.quota.profiles import BadSpawnOptions, build_profiles, parse_spawn_options, render_form
+from gpulab_hub.quota import GpulabQuota
+
+
+def user_facing_error(status: int, message: str) -> web.HTTPError:
+    error = web.HTTPError(status, "%s", message)  # message may hold a '%' of its own
+    error.jupyterhub_message = message  # what the hub shows on the form and pending page
+    return error
+
+
+class QuotaSpawnerMixin(HasTraits):
+    """Mix in before the base spawner: ``class S(QuotaSpawnerMixin, LocalProcessSpawner)``.
+
+    A HasTraits so that its traits and ``@default`` handlers are set up in the spawner
+    class (traitlets only initialises descriptors of classes built by its metaclass).
+    """
+
+    allocation_id = Integer(None, allow_none=True)  # the ledger row of the running server
+    granted_devices = ()
+
+    @property
+    def quota(self) -> GpulabQuota:
+        return GpulabQuota.instance(config=self.config)
+
+    def _policy(self):
+        return self.quota.policy_for(self.user.name, [g.name for g in self.user.groups])
+
+    def _profiles(self):
+        policy = self._policy()
+        return build_profiles(policy, self.quota.capacity_for(self.user.name, policy))
+
+    @default("options_form")
+    def _default_options_form(self):
+        # A callable: the form is rebuilt at each visit, with what is free right now.
+        # With a single choice (a CPU-only node) there is nothing to ask: no form.
+        def form(spawner):
+            profiles = spawner._profiles()
+            return render_form(profiles) if len(profiles) > 1 else ""
+
+        return form
+
+    def options_from_form(self, formdata):
+        options = {
+            k: v[0] if isinstance(v, list) and len(v) == 1 else v
+            for k, v in formdata.items()
+            if k != "_xsrf"
+        }
+        try:
+            parse_spawn_options(options, self._profiles())
+        except BadSpawnOptions as e:
+            raise user_facing_error(400, str(e)) from None
+        return options
+
+    def get_env(self):
+        env = super().get_env()
+        # Empty for a CPU server: CUDA then sees no device at all.
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(self.granted_devices)
+        env["GPULAB_GPUS"] = str(len(self.granted_devices))
+        if self.allocation_id is not None:
+            env["GPULAB_ALLOCATION_ID"] = str(self.allocation_id)
+        return env
+
+    async def start(self):
+        try:
+            profile = parse_spawn_options(self.user_options or {}, self._profiles())
+        except BadSpawnOptions as e:
+            raise user_facing_error(400, str(e)) from None
+        quota = self.quota
+        # The hub starts a server only when it is not running, so an open allocation
+        # left for this server (a hub killed before it could release) is stale.
+        stale = await asyncio.to_thread(quota.ledger.find_open, self.user.name, self.name)
+        if stale is not None:
+            await asyncio.to_thread(quota.ledger.release, stale.id, reason="reconciled")
+        try:
+            grant = await asyncio.to_thread(
+                quota.ledger.admit,
+                user=self.user.name,
+                server=self.name,
+                gpus=profile.gpus,
+                policy=self._policy(),
+                devices=quota.device_uuids(),
+                actor=self.user.name,
+            )
+        except QuotaDenied as e:
+            raise user_facing_error(e.status_code, str(e)) from None
+        self.allocation_id = grant.allocation_id
+        self.granted_devices = tuple(grant.device_uuids)
+        try:
+            return await super().start()
+        except BaseException:
+            await self._release("start_failed")
+            raise
+
+    _stopping = False
+
+    async def stop(self, now=False):
+        # The base stop() polls as it waits; that poll must not release as "exited".
+        self._stopping = True
+        try:
+            await super().stop(now=now)
+        finally:
+            self._stopping = False
+        await self._release("stopped")
+
+    async def poll(self):
+        status = await super().poll()
+        if status is not None and not self._stopping:
+            await self._release("exited")
+        return status
+
+    async def _release(self, reason: str):
+        if self.allocation_id is None:
+            return
+        allocation_id, self.allocation_id = self.allocation_id, None
+        self.granted_devices = ()
+        await asyncio.to_thread(self.quota.ledger.release, allocation_id, reason=reason)
+
+    def get_state(self):
+        state = super().get_state()
+        if self.allocation_id is not None:
+            state["gpulab_allocation_id"] = self.allocation_id
+            state["gpulab_devices"] = list(self.granted_devices)
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.allocation_id = state.get("gpulab_allocation_id")
+        self.granted_devices = tuple(state.get("gpulab_devices", ()))
