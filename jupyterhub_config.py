@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from gpulab_hub.ports import free_port
+from gpulab_hub.ports import free_port, remembered_port
 from gpulab_hub.secrets import read_or_create_secret
 from gpulab_hub.settings import EmbeddedSettings
 
@@ -24,11 +24,16 @@ project = Path(__file__).resolve().parent
 
 # --- Where it listens ----------------------------------------------------------------
 # The public proxy on GPULAB_IP:GPULAB_PORT. The hub's own API and the proxy's API take
-# free loopback ports chosen at each start, so hubs with different GPULAB_PORT run side
-# by side on one machine.
+# free loopback ports, kept in the state folder (so servers that outlived a killed hub
+# find its API again after a restart), so hubs with their own state folders and
+# GPULAB_PORT run side by side on one machine.
+# (A hub service reading this file for its own settings must not move the hub's ports.)
+claim_ports = "JUPYTERHUB_SERVICE_NAME" not in os.environ
+hub_api_port = remembered_port(state / "hub-api-port", claim=claim_ports)
+proxy_api_port = remembered_port(state / "proxy-api-port", claim=claim_ports)
 c.JupyterHub.bind_url = settings.public_url
-c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{free_port()}"
-c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{free_port()}"
+c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{hub_api_port}"
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{proxy_api_port}"
 c.ConfigurableHTTPProxy.command = [str(project / "node_modules/.bin/configurable-http-proxy")]
 c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
 c.ConfigurableHTTPProxy.auth_token = read_or_create_secret(state / "proxy-token", 32)[0]
@@ -118,6 +123,13 @@ c.JupyterHub.services.append(
             "--config",
             os.environ.get("GPULAB_HUB_CONFIG", __file__),
         ],
+        # Services get a clean environment: hand on what this file reads.
+        "environment": {
+            "GPULAB_STATE_DIR": str(state),
+            "GPULAB_IP": settings.ip,
+            "GPULAB_PORT": str(settings.port),
+            "GPULAB_ADMIN": settings.admin,
+        },
         "oauth_no_confirm": True,
     }
 )

@@ -3,9 +3,9 @@
 One :class:`Ledger` per process (it owns a connection pool); any number of processes may
 share one database. The tables are in :mod:`gpulab.quota.models`.
 
-Atomicity. Every write (``admit``, ``release``, ``accrue``, ``record_event``, ``restore``)
-runs as one transaction that first takes the ledger's write lock, so the checks and the
-writes of one admission can't interleave with another's:
+Atomicity. Every write (``admit``, ``release``, ``accrue``, ``record_event``,
+``set_policy``, ``restore``) runs as one transaction that first takes the ledger's write
+lock, so the checks and the writes of one admission can't interleave with another's:
 
 - SQLite: ``BEGIN IMMEDIATE`` takes the database's write lock before the first read; other
   writers wait on the busy timeout; readers keep reading the last commit (WAL mode).
@@ -56,7 +56,8 @@ from gpulab.quota.models import (
     device_leases,
     metadata,
 )
-from gpulab.quota.policy import Policy
+from gpulab.quota.models import policy_overrides as overrides_table
+from gpulab.quota.policy import OVERRIDE_LEVELS, Policy, PolicyError, PolicyLevel, override_setting
 
 T = TypeVar("T")
 
@@ -563,6 +564,74 @@ class Ledger:
             )
         ).inserted_primary_key[0]
 
+    # policies set by operators ----------------------------------------------------------
+
+    def set_policy(self, level: str, name: str, config: Mapping[str, Any], *, actor: str) -> None:
+        """Set the operator override of one policy level, audited.
+
+        ``level``: "default" (``name`` ""), "group" or "user" (``name`` the group or user).
+        ``config``: a ``PolicyLevel`` config dict ({"max_gpus": 2, "window": "1d", ...});
+        it becomes the whole override of that level (fields it leaves out fall back to the
+        config file's); ``{}`` removes the override. ``actor``: who, for the audit log.
+
+        Everything is validated before anything is written: a bad level, name or value
+        raises ``PolicyError`` naming it (``override.users['bob'].max_gpus must be ...``)
+        and the ledger is unchanged. The override (stored in ``PolicyLevel.to_config()``
+        form: durations in seconds, profiles sorted) and a ``limit_changed`` audit event
+        with detail ``{level, name, old, new}`` (``None`` for "no override") are written in
+        one transaction; the event's ``user`` is ``name`` for a user level. Setting the
+        override a level already has writes nothing.
+        """
+        setting = override_setting(level, name)
+        name = name or ""
+        actor = _check_name("actor", actor)
+        if not isinstance(config, Mapping):  # PolicyLevel would read None as {}: "remove"
+            raise PolicyError(
+                f"{setting} must be a dict of limits, not {config!r}", setting=setting
+            )
+        new = PolicyLevel(config, setting=setting).to_config() or None
+        target = (overrides_table.c.level == level) & (overrides_table.c.name == name)
+
+        def run(conn: Connection, now: datetime) -> None:
+            row = conn.execute(select(overrides_table).where(target)).first()
+            old = None if row is None else row.config
+            if old == new:
+                return
+            if new is None:
+                conn.execute(delete(overrides_table).where(target))
+            elif row is None:
+                conn.execute(
+                    insert(overrides_table).values(
+                        level=level, name=name, config=new, changed_at=now, changed_by=actor
+                    )
+                )
+            else:
+                conn.execute(
+                    update(overrides_table)
+                    .where(target)
+                    .values(config=new, changed_at=now, changed_by=actor)
+                )
+            detail = {"level": level, "name": name, "old": old, "new": new}
+            user = name if level == "user" else None
+            reason = "override_removed" if new is None else "override_set"
+            self._audit(conn, now, "limit_changed", user, None, actor, reason, detail)
+
+        self._write(run)
+
+    def policy_overrides(self) -> dict[str, Any]:
+        """The operators' overrides, shaped for ``PolicySet.with_overrides``:
+        ``{"defaults": {...}, "groups": {name: {...}}, "users": {name: {...}}}``
+        (config form; empty where none are set)."""
+        out: dict[str, Any] = {"defaults": {}, "groups": {}, "users": {}}
+        query = select(overrides_table).order_by(overrides_table.c.level, overrides_table.c.name)
+        with self._transaction(write=False) as (conn, _):
+            for row in conn.execute(query):
+                if row.level == "default":
+                    out["defaults"] = row.config
+                else:
+                    out[OVERRIDE_LEVELS[row.level]][row.name] = row.config
+        return out
+
     # queries --------------------------------------------------------------------------
 
     def _get(self, conn: Connection, allocation_id: int) -> Allocation:
@@ -692,20 +761,23 @@ class Ledger:
                 if row.ended_at is not None and held:
                     problems.append(f"closed allocation {row.id} still leases {held}")
             problems += [f"leases {v} of unknown allocation {k}" for k, v in leases.items()]
+            for row in conn.execute(select(overrides_table)):
+                problems += _override_problems(row.level, row.name, row.config)
         return problems
 
     # backup ---------------------------------------------------------------------------
 
     def backup(self, path: str | os.PathLike) -> dict[str, int]:
-        """Write all three tables, from one snapshot, to a JSON file (atomically replaced).
-        Returns the row count of each table."""
+        """Write every table, from one snapshot, to a JSON file (atomically replaced).
+        Returns the row count of allocations, device_leases and audit_events, and of
+        policy_overrides when there are any (the count's keys predate that table)."""
         with self._transaction(write=False) as (conn, now):
             tables = {
                 table.name: [
                     _to_json(dict(row._mapping))
                     for row in conn.execute(select(table).order_by(*table.primary_key.columns))
                 ]
-                for table in (allocations, device_leases, audit_events)
+                for table in _BACKUP_TABLES
             }
         document = {
             "format": BACKUP_FORMAT,
@@ -720,21 +792,35 @@ class Ledger:
             f.flush()
             os.fsync(f.fileno())
         os.replace(partial, path)
-        return {name: len(rows) for name, rows in tables.items()}
+        return _counts(tables)
 
     def restore(self, path: str | os.PathLike, *, replace: bool = False) -> dict[str, int]:
         """Load a :meth:`backup` file in one transaction. An empty ledger is required
-        unless ``replace``, which deletes what is there first. Returns the row counts."""
+        unless ``replace``, which deletes what is there first. Returns the row counts (as
+        :meth:`backup`). A file without ``policy_overrides`` (written before that table)
+        restores no overrides; overrides that don't validate refuse the whole file."""
         with open(path, encoding="utf-8") as f:
             document = json.load(f)
         if not isinstance(document, dict) or document.get("format") != BACKUP_FORMAT:
             raise ValueError(f"{path} is not a gpulab ledger backup")
         if document.get("version") != BACKUP_VERSION:
             raise ValueError(f"{path}: unsupported backup version {document.get('version')!r}")
-        tables = {t.name: t for t in (allocations, device_leases, audit_events)}
-        rows = {
-            name: [_from_json(tables[name], r) for r in document["tables"][name]] for name in tables
-        }
+        tables = {t.name: t for t in _BACKUP_TABLES}
+        optional = {overrides_table.name}
+        try:
+            rows = {
+                name: [
+                    _from_json(tables[name], r)
+                    for r in document["tables"].get(name, [] if name in optional else None)
+                ]
+                for name in tables
+            }
+        except (KeyError, TypeError, AttributeError):
+            raise ValueError(f"{path}: the backup's tables are incomplete or malformed") from None
+        for row in rows[overrides_table.name]:
+            problems = _override_problems(row.get("level"), row.get("name"), row.get("config"))
+            if problems:
+                raise ValueError(f"{path}: {problems[0]}")
 
         def run(conn: Connection, now: datetime) -> dict[str, int]:
             present = sum(
@@ -742,9 +828,9 @@ class Ledger:
             )
             if present and not replace:
                 raise ValueError("the ledger is not empty; restore with replace=True to overwrite")
-            for table in (device_leases, allocations, audit_events):
+            for table in (device_leases, allocations, audit_events, overrides_table):
                 conn.execute(delete(table))
-            for table in (allocations, device_leases, audit_events):
+            for table in _BACKUP_TABLES:
                 if rows[table.name]:
                     conn.execute(insert(table), rows[table.name])
             if self.backend == "postgresql":
@@ -755,9 +841,31 @@ class Ledger:
                             f"COALESCE((SELECT max(id) FROM {table.name}), 0) + 1, false)"
                         )
                     )
-            return {name: len(r) for name, r in rows.items()}
+            return _counts(rows)
 
         return self._write(run)
+
+
+_BACKUP_TABLES = (allocations, device_leases, audit_events, overrides_table)
+
+
+def _counts(tables: Mapping[str, list]) -> dict[str, int]:
+    counts = {name: len(rows) for name, rows in tables.items()}
+    if not counts.get(overrides_table.name):
+        counts.pop(overrides_table.name, None)
+    return counts
+
+
+def _override_problems(level: Any, name: Any, config: Any) -> list[str]:
+    """Why a stored override is unusable (an empty list when it is fine)."""
+    try:
+        setting = override_setting(level, name)
+        if not config:
+            raise PolicyError(f"{setting} is empty (a removed override has no row)", setting="")
+        PolicyLevel(config, setting=setting)
+    except PolicyError as e:
+        return [f"policy override ({level!r}, {name!r}): {e}"]
+    return []
 
 
 def _check_energy(value: float) -> float:

@@ -5,6 +5,11 @@
   primary key, so the database itself refuses to lease one device twice, whatever the code
   above it does. A lease row is deleted when its allocation closes.
 - ``audit_events``: append-only log of every decision (an UPDATE is refused by a trigger).
+- ``policy_overrides``: quota policies operators set at run time (``Ledger.set_policy``), one
+  row per level: ``level`` "default" (``name`` ""), "group" or "user" (``name`` the group or
+  user), ``config`` the level's config dict (``PolicyLevel.to_config()`` form). They win over
+  the config file's policies, field by field (``PolicySet.with_overrides``); every change is
+  audited as ``limit_changed``.
 
 Timestamps are UTC. On PostgreSQL they are ``timestamptz``; on SQLite, text in UTC
 (``YYYY-MM-DD HH:MM:SS.ffffff``) without an offset. :class:`UTCDateTime` turns both into
@@ -20,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import (
     DDL,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -89,6 +95,7 @@ class Base(DeclarativeBase):
             "uq": "uq_%(table_name)s_%(column_0_N_name)s",
             "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
             "pk": "pk_%(table_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
         }
     )
 
@@ -147,9 +154,25 @@ class AuditEventRow(Base):
     detail: Mapped[dict | None] = mapped_column(JSONText, nullable=True)
 
 
+class PolicyOverrideRow(Base):
+    __tablename__ = "policy_overrides"
+    __table_args__ = (
+        CheckConstraint("level IN ('default', 'group', 'user')", name="level"),
+        # The defaults have one level, named ""; a group or a user has a name.
+        CheckConstraint("(level = 'default') = (name = '')", name="name"),
+    )
+
+    level: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True, default="")
+    config: Mapped[dict] = mapped_column(JSONText)
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    changed_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+
 allocations = AllocationRow.__table__
 device_leases = DeviceLeaseRow.__table__
 audit_events = AuditEventRow.__table__
+policy_overrides = PolicyOverrideRow.__table__
 metadata = Base.metadata
 
 # Append-only, enforced by the database: an UPDATE of an audit event fails. (DELETE stays

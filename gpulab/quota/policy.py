@@ -6,6 +6,14 @@ level of config (the defaults, one group, one user) with only some limits set;
 exist stops the hub at start (fail closed), and ``PolicySet.resolve`` turns the levels into
 one user's ``Policy`` by the rule written in its docstring.
 
+Where the levels come from, lowest precedence first:
+
+1. the config file (``c.GpulabQuota.default_policy``, ``group_policies``, ``user_policies``);
+2. operator overrides kept in the ledger (``Ledger.set_policy``, the quota API's
+   ``PUT api/policies/...``, ``gpulab quota set``). They win, field by field, at their
+   level (``PolicySet.with_overrides``), take effect at once in every process that reads
+   the ledger, and every change is audited (``limit_changed``, with the old and new value).
+
 Config form of a level (every key optional; ``None`` means "no limit")::
 
     {"max_gpus": 2, "gpu_hours": 100, "window": "7d", "max_session": "8h",
@@ -199,6 +207,30 @@ def _unknown_keys_message(setting: str, unknown: list[Any]) -> str:
     return f"{setting} has unknown keys {', '.join(hints)}; accepted keys: {', '.join(CONFIG_KEYS)}"
 
 
+# Override levels as the ledger names them -> the PolicySet attribute / overrides key.
+OVERRIDE_LEVELS: Mapping[str, str] = MappingProxyType(
+    {"default": "defaults", "group": "groups", "user": "users"}
+)
+
+
+def override_setting(level: Any, name: Any) -> str:
+    """Check an override's target and return its setting name for error messages
+    ("override.defaults", "override.groups['physics']").
+
+    ``level`` is "default" (``name`` must be ""), "group" or "user" (``name`` a non-blank
+    string of at most 255 characters). Raises ``PolicyError`` naming ``level`` or ``name``.
+    """
+    if not isinstance(level, str) or level not in OVERRIDE_LEVELS:
+        raise _fail("level", f"one of {', '.join(map(repr, OVERRIDE_LEVELS))}", level)
+    if level == "default":
+        if name not in ("", None):
+            raise _fail("name", "'' for the default level", name)
+        return "override.defaults"
+    if not isinstance(name, str) or not name.strip() or len(name) > 255:
+        raise _fail("name", f"a non-empty {level} name of at most 255 characters", name)
+    return f"override.{OVERRIDE_LEVELS[level]}[{name!r}]"
+
+
 class PolicySet:
     """Quota config for everyone: defaults, per-group and per-user levels.
 
@@ -268,6 +300,62 @@ class PolicySet:
                 raise _fail(f"{where} key", f"a non-empty {kind[:-1]} name", name)
             levels[name] = PolicyLevel(level, setting=f"{where}[{name!r}]")
         return MappingProxyType(levels)
+
+    def to_config(self) -> dict[str, Any]:
+        """The levels in config form: {"defaults": {...}, "groups": {...}, "users": {...}}."""
+        return {
+            "defaults": self.defaults.to_config(),
+            "groups": {name: level.to_config() for name, level in sorted(self.groups.items())},
+            "users": {name: level.to_config() for name, level in sorted(self.users.items())},
+        }
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> PolicySet:
+        """This set with operator overrides layered on top: a new ``PolicySet``.
+
+        ``overrides`` has the form of ``Ledger.policy_overrides()``:
+        ``{"defaults": {...}, "groups": {name: {...}}, "users": {name: {...}}}`` (each key
+        optional). Precedence: config file < overrides. At each level (the defaults, one
+        group, one user) a field the override sets replaces the configured one, field by
+        field; fields it leaves unset keep the config's value; a group or user that only
+        the overrides name gets a level of its own. ``resolve`` then applies its rule to the
+        merged levels as usual (so a user's override still beats any group's).
+
+        Overrides are validated like config; errors name "override.groups['physics']...".
+        Groups are not checked against ``known_groups`` (JupyterHub groups come and go while
+        the hub runs).
+        """
+        if not overrides:
+            return self
+        if not isinstance(overrides, Mapping):
+            raise _fail("override", "a dict with 'defaults', 'groups' and 'users'", overrides)
+        unknown = [key for key in overrides if key not in OVERRIDE_LEVELS.values()]
+        if unknown:
+            raise PolicyError(
+                f"override has unknown keys {unknown!r}; accepted: defaults, groups, users",
+                setting="override",
+            )
+        extra = PolicySet(
+            overrides.get("defaults"),
+            overrides.get("groups"),
+            overrides.get("users"),
+            setting="override",
+        )
+
+        def merge(base: Mapping[str, PolicyLevel], top: Mapping[str, PolicyLevel]) -> dict:
+            return {
+                name: {
+                    **(base[name].to_config() if name in base else {}),
+                    **(top[name].to_config() if name in top else {}),
+                }
+                for name in {*base, *top}
+            }
+
+        return PolicySet(
+            {**self.defaults.to_config(), **extra.defaults.to_config()},
+            merge(self.groups, extra.groups),
+            merge(self.users, extra.users),
+            setting=self.setting,
+        )
 
     def resolve(self, username: str, user_groups: Iterable[str] = ()) -> Policy:
         """The ``Policy`` for ``username`` in ``user_groups``, by the class docstring's rule."""

@@ -6,6 +6,7 @@ reaches it once (forwarded from here) and it can stop the proxy and servers clea
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -44,7 +45,11 @@ def run_hub(args) -> int:
         return 2
 
     jupyterhub = Path(sys.executable).with_name("jupyterhub")
-    hub = subprocess.Popen([str(jupyterhub), "-f", str(config.resolve())], start_new_session=True)
+    # The hub's services (the quota service) read the same config file.
+    env = {**os.environ, "GPULAB_HUB_CONFIG": str(config.resolve())}
+    hub = subprocess.Popen(
+        [str(jupyterhub), "-f", str(config.resolve())], start_new_session=True, env=env
+    )
 
     def forward(signum, _frame):
         hub.send_signal(signum)

@@ -18,6 +18,7 @@ import contextlib
 import socket
 import threading
 import time
+from pathlib import Path
 
 import psutil
 
@@ -36,6 +37,32 @@ def free_port(ip: str = "127.0.0.1") -> int:
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((ip, 0))
         return s.getsockname()[1]
+
+
+def remembered_port(path: Path, ip: str = "127.0.0.1", *, claim: bool = True) -> int:
+    """A free port that stays the same across restarts while it stays free.
+
+    The port is kept in ``path``. Servers started by a hub that was killed outlive it and
+    still call the hub's API at the address they were given, so a restarted hub should
+    listen there again; a port someone else took meanwhile is replaced by a new one.
+    ``claim=False`` only reads the stored port (0 if none), for a process that reads the
+    hub's config while the hub runs and holds that port.
+    """
+    if not claim:
+        try:
+            return int(path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return 0
+    try:
+        port = int(path.read_text().strip())
+        with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((ip, port))
+        return port
+    except (FileNotFoundError, ValueError, OSError):
+        port = free_port(ip)
+        path.write_text(f"{port}\n")
+        return port
 
 
 class PortReservations:

@@ -4,16 +4,26 @@ Configured as ``c.GpulabQuota.*`` and shared by every spawner of the hub process
 (``GpulabQuota.instance(config=...)``). Built eagerly at the first spawner so that a
 config error (a negative limit, an unknown unit or group) names its setting instead of
 surfacing at someone's spawn.
+
+Policies: the config file's (``default_policy``, ``group_policies``, ``user_policies``) <
+operator overrides kept in the ledger (``set_policy``: the quota API, ``gpulab quota set``).
+Overrides win field by field at their level and are audited. ``policy_for`` reads them from
+the ledger at every call, so the hub's spawners and the quota service (another process) see
+a change at once.
 """
 
 from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any as AnyType
 
 from traitlets import Any, Dict, Unicode
 from traitlets.config import SingletonConfigurable
 
 from gpulab.gpus import Inventory, StaticInventory, detect_inventory
 from gpulab.quota.ledger import Ledger
-from gpulab.quota.policy import Policy, PolicySet
+from gpulab.quota.policy import OVERRIDE_LEVELS, Policy, PolicySet
 from gpulab.quota.profiles import Capacity
 
 
@@ -47,7 +57,11 @@ class GpulabQuota(SingletonConfigurable):
     )
     user_policies = Dict(
         config=True,
-        help="""Limits per user name, same fields; they replace the defaults and groups.""",
+        help="""Limits per user name, same fields; they replace the defaults and groups.
+
+        Operators may override any of these three at run time (the quota API's
+        PUT api/policies/..., `gpulab quota set`): overrides are kept in the ledger, win
+        over this file field by field at their level, and every change is audited.""",
     )
 
     def __init__(self, **kwargs):
@@ -59,6 +73,8 @@ class GpulabQuota(SingletonConfigurable):
         )
         self.inventory: Inventory = self._make_inventory()
         self.ledger = Ledger(self.ledger_url)
+        # (the overrides as JSON, the merged PolicySet): rebuilt only when they change.
+        self._merged: tuple[str, PolicySet] | None = None
 
     def _make_inventory(self) -> Inventory:
         if isinstance(self.static_gpus, int) and not isinstance(self.static_gpus, bool):
@@ -73,8 +89,57 @@ class GpulabQuota(SingletonConfigurable):
     def device_uuids(self) -> list[str]:
         return [gpu.uuid for gpu in self.inventory.devices()]
 
+    def effective_policies(self) -> PolicySet:
+        """The config's policies with the ledger's operator overrides on top, read now."""
+        overrides = self.ledger.policy_overrides()
+        key = json.dumps(overrides, sort_keys=True)
+        merged = self._merged
+        if merged is None or merged[0] != key:
+            merged = self._merged = (key, self.policies.with_overrides(overrides))
+        return merged[1]
+
     def policy_for(self, username: str, groups: list[str]) -> Policy:
-        return self.policies.resolve(username, groups)
+        """``username``'s policy: config < operator overrides, then ``PolicySet.resolve``."""
+        return self.effective_policies().resolve(username, groups)
+
+    def set_policy(
+        self, level: str, name: str, config: Mapping[str, AnyType], actor: str
+    ) -> dict[str, AnyType]:
+        """Set (``{}``: remove) the operator override of one level, audited; see
+        ``Ledger.set_policy``. ``level`` is "default" (``name`` ""), "group" or "user";
+        group names are JupyterHub's and are not checked beyond being a non-blank string
+        of at most 255 characters. Raises ``PolicyError`` naming the bad field, with
+        nothing written. Returns ``policy_view(level, name)`` after the change."""
+        self.ledger.set_policy(level, name, config, actor=actor)
+        return self.policy_view(level, name)
+
+    def policy_view(self, level: str, name: str) -> dict[str, AnyType]:
+        """One level: what the config file says, the override, and the merged result."""
+        kind = OVERRIDE_LEVELS[level]
+        overrides = self.ledger.policy_overrides()
+        merged = self.policies.with_overrides(overrides)
+
+        def pick(config: dict) -> dict:
+            return config[kind] if level == "default" else config[kind].get(name, {})
+
+        return {
+            "level": level,
+            "name": name,
+            "config": pick(self.policies.to_config()),
+            "override": pick(overrides),
+            "effective": pick(merged.to_config()),
+        }
+
+    def policies_view(self) -> dict[str, AnyType]:
+        """Every level: the config file's, the ledger's overrides and the merged result
+        (each {"defaults": ..., "groups": ..., "users": ...}, durations in seconds)."""
+        overrides = self.ledger.policy_overrides()
+        return {
+            "precedence": "config file < operator overrides (field by field, per level)",
+            "config": self.policies.to_config(),
+            "overrides": overrides,
+            "effective": self.policies.with_overrides(overrides).to_config(),
+        }
 
     def capacity_for(self, username: str, policy: Policy) -> Capacity:
         devices = self.device_uuids()

@@ -15,7 +15,18 @@ Its API, under the service's prefix (``/services/gpulab-quota/``), authenticated
 
 - ``GET api/me``: the caller's allocations, usage, limits, budget left and warnings;
 - ``GET api/usage?since=7d``: everyone's usage (operators: hub admins);
+- ``GET api/policies``: the policies: the config file's, the operators' overrides kept in
+  the ledger, and the merged result (operators);
+- ``PUT api/policies/default``, ``api/policies/groups/NAME``, ``api/policies/users/NAME``
+  with a JSON body of limits (``{"max_gpus": 2, "gpu_hours": 10, "window": "1d"}``; ``{}``
+  removes the override): set that level's override, audited (operators). The override
+  wins over the config file field by field; a bad field is a 400 naming it, nothing set;
 - ``GET metrics``: Prometheus metrics (operators, or a token with ``read:metrics``).
+
+Writes are XSRF-checked (tornado's ``xsrf_cookies``, with JupyterHub's session-bound
+tokens) unless the request carries its token in an ``Authorization: token ...`` header,
+which a browser never adds to a cross-site request; cookie (OAuth) clients send the
+``_xsrf`` cookie's value back in an ``X-XSRFToken`` header.
 
 It exits when the hub that started it goes away, so a killed hub leaves no orphan.
 """
@@ -35,12 +46,16 @@ from traitlets.config import Configurable
 from traitlets.config.loader import PyFileConfigLoader
 
 from gpulab.quota.accountant import Accountant
+from gpulab.quota.policy import PolicyError
 from gpulab.units import parse_duration
 from gpulab_hub.quota import GpulabQuota
 from gpulab_hub.quota_metrics import render_metrics
 
 SERVICE_NAME = "gpulab-quota"
 OPERATOR_SCOPE = "custom:gpulab:operate"
+MAX_POLICY_BODY = 16 * 1024  # bytes of a PUT api/policies body; more is a 413
+# The server refuses larger bodies outright (the API's only bodies are policies).
+MAX_REQUEST_BODY = 1024 * 1024
 
 
 class QuotaService(Configurable):
@@ -123,6 +138,16 @@ class HubClient:
 class QuotaHandler(HubOAuthenticated, web.RequestHandler):
     def initialize(self, service: Service):
         self.service = service
+        self.hub_auth = self.settings["hub_auth"]
+
+    def get_login_url(self):
+        # A client that sent a token gets a 403 to read, not a redirect to a login page;
+        # a browser without one is sent through the hub's OAuth login.
+        if self._token_header():
+            raise web.HTTPError(
+                403, "the token is invalid, expired or lacks access to this service"
+            )
+        return super().get_login_url()
 
     def write_json(self, value, status: int = 200):
         self.set_status(status)
@@ -139,6 +164,47 @@ class QuotaHandler(HubOAuthenticated, web.RequestHandler):
     def is_operator(self) -> bool:
         user = self.current_user
         return bool(user.get("admin")) or OPERATOR_SCOPE in set(user.get("scopes", []))
+
+    def require_operator(self, what: str) -> None:
+        if not self.is_operator():
+            raise web.HTTPError(403, f"only operators (hub admins or {OPERATOR_SCOPE}) may {what}")
+
+    def _token_header(self) -> bool:
+        """Whether the request carries a token in its Authorization header."""
+        header = self.request.headers.get("Authorization", "")
+        return bool(self.hub_auth.auth_header_pat.match(header))
+
+    def check_xsrf_cookie(self):
+        # A browser adds no Authorization header to a cross-site request (not without a
+        # CORS preflight, which this service never grants), so such a request can't be
+        # forged; every other write (cookie auth) gets JupyterHub's XSRF check.
+        if self._token_header():
+            return
+        super().check_xsrf_cookie()
+
+    def get_current_user(self):
+        user = super().get_current_user()
+        # A token header that doesn't authenticate must not fall back to the cookie: the
+        # XSRF check above was skipped because of that header.
+        if user and self._token_header() and not getattr(self, "_token_authenticated", False):
+            return None
+        return user
+
+
+class IndexHandler(QuotaHandler):
+    """The service's root, where the hub's OAuth login lands: what there is to ask."""
+
+    @web.authenticated
+    def get(self):
+        prefix = self.settings["service_prefix"]
+        endpoints = {"me": f"{prefix}api/me"}
+        if self.is_operator():
+            endpoints |= {
+                "usage": f"{prefix}api/usage",
+                "policies": f"{prefix}api/policies",
+                "metrics": f"{prefix}metrics",
+            }
+        self.write_json({"user": self.current_user["name"], "endpoints": endpoints})
 
 
 class MeHandler(QuotaHandler):
@@ -160,6 +226,39 @@ class UsageHandler(QuotaHandler):
         except ValueError as e:
             raise web.HTTPError(400, str(e)) from None
         self.write_json(self.service.usage_report(seconds))
+
+
+class PoliciesHandler(QuotaHandler):
+    @web.authenticated
+    async def get(self):
+        self.require_operator("read the policies")
+        self.xsrf_token  # noqa: B018 - sets the _xsrf cookie a browser's PUT sends back
+        self.write_json(self.service.quota.policies_view())
+
+
+class PolicyHandler(QuotaHandler):
+    LEVELS = {"default": "default", "groups": "group", "users": "user"}
+
+    @web.authenticated
+    async def put(self, kind: str, name: str = ""):
+        self.require_operator("change policies")
+        if len(self.request.body) > MAX_POLICY_BODY:
+            raise web.HTTPError(413, f"a policy body is at most {MAX_POLICY_BODY} bytes")
+        try:
+            config = json.loads(self.request.body, parse_constant=_no_constant)
+        except ValueError as e:  # also UnicodeDecodeError
+            raise web.HTTPError(400, f"the body must be a JSON object of limits: {e}") from None
+        try:
+            view = self.service.quota.set_policy(
+                self.LEVELS[kind], name, config, actor=self.current_user["name"]
+            )
+        except PolicyError as e:
+            raise web.HTTPError(400, str(e)) from None
+        self.write_json(view)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 class MetricsHandler(QuotaHandler):
@@ -250,8 +349,12 @@ class Service:
 
 def make_app(service: Service, prefix: str) -> web.Application:
     handlers = [
+        (prefix, IndexHandler),
         (f"{prefix}api/me", MeHandler),
         (f"{prefix}api/usage", UsageHandler),
+        (f"{prefix}api/policies", PoliciesHandler),
+        (f"{prefix}api/policies/(default)", PolicyHandler),
+        (f"{prefix}api/policies/(groups|users)/([^/]+)", PolicyHandler),
         (f"{prefix}metrics", MetricsHandler),
         (f"{prefix}oauth_callback", HubOAuthCallbackHandler),
     ]
@@ -265,7 +368,10 @@ def make_app(service: Service, prefix: str) -> web.Application:
         ],
         cookie_secret=os.urandom(32),
         hub_auth=auth,
-        xsrf_cookies=False,  # the API is read-only (GET); tokens and OAuth cookies only
+        service_prefix=prefix,
+        # Writes (PUT api/policies) need an XSRF token unless a token header authenticates
+        # them: see QuotaHandler.check_xsrf_cookie.
+        xsrf_cookies=True,
     )
 
 
@@ -279,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     service = Service(config, hub)
     url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE_NAME}/")
-    make_app(service, prefix).listen(url.port, url.hostname)
+    make_app(service, prefix).listen(url.port, url.hostname, max_body_size=MAX_REQUEST_BODY)
 
     loop = ioloop.IOLoop.current()
     hub_pid = os.getppid()

@@ -5,17 +5,22 @@
 - ``admin``: a ``HubSession`` logged in as the hub's admin, with an API token;
 - ``browser``: Debian's Chromium driven by Playwright (never a downloaded browser);
 - ``page``: a fresh browser page that saves a screenshot under the test's tmp folder
-  when the test fails.
+  when the test fails;
+- ``gpu_hub`` / ``gpu_admin``: a second hub, on a node with 2 static GPUs
+  (``gpu_hub_config.py``: everyone may hold 1 GPU, the admin 2), and its admin with the
+  users alice, bob and carol created.
 """
 
 from __future__ import annotations
 
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 
 from gpulab_hub.ports import free_port
-from tests.e2e.harness import HubSession, RunningHub
+from tests.e2e.harness import REPO, HubSession, RunningHub
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -81,3 +86,26 @@ def page(browser, request, tmp_path):
         page.screenshot(path=str(path), full_page=True)
         print(f"screenshot of the failed page: {path}")
     context.close()
+
+
+@pytest.fixture(scope="session")
+def gpu_hub(tmp_path_factory):
+    gpulab = str(Path(sys.executable).with_name("gpulab"))
+    config = str(REPO / "tests/e2e/gpu_hub_config.py")
+    hub = RunningHub.start(
+        tmp_path_factory.mktemp("gpu-hub") / "state",
+        free_port(),
+        command=[gpulab, "hub", "--config", config],
+    )
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture(scope="session")
+def gpu_admin(gpu_hub):
+    session = HubSession(gpu_hub.url)
+    assert session.login("admin", gpu_hub.printed_admin_password).status_code == 302
+    session.create_token("admin")
+    created = session.api("POST", "/users", json={"usernames": ["alice", "bob", "carol"]})
+    assert created.status_code == 201, created.text
+    return session

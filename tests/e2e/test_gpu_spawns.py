@@ -6,41 +6,14 @@ changes nothing, bad options are a 400 naming the field, and stopping a server c
 ledger row so the GPU can be had again.
 """
 
-import sys
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 
 from gpulab.quota.ledger import Ledger
-from gpulab_hub.ports import free_port
-from tests.e2e.harness import REPO, HubSession, RunningHub
 
 pytestmark = pytest.mark.e2e
-GPULAB = str(Path(sys.executable).with_name("gpulab"))
-
-
-@pytest.fixture(scope="module")
-def gpu_hub(tmp_path_factory):
-    config = str(REPO / "tests/e2e/gpu_hub_config.py")
-    hub = RunningHub.start(
-        tmp_path_factory.mktemp("gpu-hub") / "state",
-        free_port(),
-        command=[GPULAB, "hub", "--config", config],
-    )
-    yield hub
-    hub.stop()
-
-
-@pytest.fixture(scope="module")
-def gpu_admin(gpu_hub):
-    session = HubSession(gpu_hub.url)
-    assert session.login("admin", gpu_hub.printed_admin_password).status_code == 302
-    session.create_token("admin")
-    created = session.api("POST", "/users", json={"usernames": ["alice", "bob", "carol"]})
-    assert created.status_code == 201, created.text
-    return session
 
 
 @pytest.fixture

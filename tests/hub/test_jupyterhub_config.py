@@ -101,3 +101,10 @@ def test_aliases_name_gpulab_classes():
     authenticators = entry_points(group="jupyterhub.authenticators")
     assert spawners["gpulab-local"].load() is LocalGpulabSpawner
     assert authenticators["gpulab-native"].load() is GpulabNativeAuthenticator
+
+
+def test_internal_ports_are_kept_for_the_next_start_of_the_same_state(monkeypatch, tmp_path):
+    first = load_config(monkeypatch, tmp_path / "state")
+    second = load_config(monkeypatch, tmp_path / "state")
+    assert first.JupyterHub.hub_bind_url == second.JupyterHub.hub_bind_url
+    assert first.ConfigurableHTTPProxy.api_url == second.ConfigurableHTTPProxy.api_url

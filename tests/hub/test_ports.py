@@ -86,3 +86,19 @@ def test_someone_else_answering_on_the_port_does_not_count():
         finally:
             proc.kill()
             proc.wait()
+
+
+def test_a_remembered_port_survives_restarts_while_free(tmp_path):
+    from gpulab_hub.ports import remembered_port
+
+    path = tmp_path / "hub-api-port"
+    port = remembered_port(path)
+    assert remembered_port(path) == port
+    with socket.socket() as squatter:  # someone else took it: a new one is remembered
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        assert remembered_port(path, claim=False) == port  # a reader moves nothing
+        moved = remembered_port(path)
+        assert moved != port
+    assert remembered_port(path) == moved
+    assert remembered_port(tmp_path / "none", claim=False) == 0

@@ -1,0 +1,98 @@
+"""A hub killed with SIGKILL while GPU servers run, then started again on the same state:
+the servers keep their GPUs, the ledger hands none out twice, accrual goes on."""
+
+import signal
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from gpulab.quota.ledger import Ledger
+from gpulab_hub.ports import free_port
+from tests.e2e.harness import REPO, HubSession, RunningHub
+from tests.e2e.test_gpu_spawns import server_environment, wait_ready, wait_stopped
+
+pytestmark = pytest.mark.e2e
+GPULAB = str(Path(sys.executable).with_name("gpulab"))
+CONFIG = str(REPO / "tests/e2e/gpu_hub_config.py")
+
+
+def jupyterhub_process(launcher: RunningHub) -> psutil.Process:
+    for child in psutil.Process(launcher.proc.pid).children(recursive=True):
+        if any(part.endswith("/jupyterhub") for part in child.cmdline()[:2]):
+            return child
+    raise AssertionError("no jupyterhub process under the launcher")
+
+
+def test_sigkilled_hub_restarts_with_its_allocations(tmp_path):
+    state, port = tmp_path / "state", free_port()
+    first = RunningHub.start(state, port, command=[GPULAB, "hub", "--config", CONFIG])
+    try:
+        admin = HubSession(first.url)
+        assert admin.login("admin", first.printed_admin_password).status_code == 302
+        admin.create_token("admin")
+        admin.api("POST", "/users", json={"usernames": ["ivy", "jon", "kim"]})
+        for name in ("ivy", "jon"):
+            assert admin.api("POST", f"/users/{name}/server", json={"gpus": 1}).ok
+            wait_ready(admin, name)
+        devices = {n: server_environment(n)["CUDA_VISIBLE_DEVICES"] for n in ("ivy", "jon")}
+        servers = {n: server_environment(n) for n in ("ivy", "jon")}
+        assert len(set(devices.values())) == 2
+
+        jupyterhub_process(first).send_signal(signal.SIGKILL)
+        first.proc.wait(30)
+    finally:
+        first.stop()
+
+    ledger = Ledger(f"sqlite:///{state / 'ledger.sqlite'}")
+    before = {a.user: a for a in ledger.open_allocations()}
+    assert set(before) == {"ivy", "jon"}  # nothing released by the crash
+
+    second = RunningHub.start(state, port, command=[GPULAB, "hub", "--config", CONFIG])
+    try:
+        admin = HubSession(second.url)
+        assert admin.login("admin", first.printed_admin_password).status_code == 302
+        admin.create_token("admin")
+        for name in ("ivy", "jon"):  # the servers survived and the hub kept them
+            wait_ready(admin, name, timeout=30)
+            assert server_environment(name)["CUDA_VISIBLE_DEVICES"] == devices[name]
+            assert servers[name] == server_environment(name)
+            status = admin.get_as_user(f"/user/{name}/api/status")
+            assert status.status_code == 200, status.text
+
+        full = admin.api("POST", "/users/kim/server", json={"gpus": 1})
+        assert full.status_code == 409, full.text  # no device leaked to a third server
+        assert ledger.verify() == []
+
+        time.sleep(2)
+        after = {a.user: a for a in ledger.accrue()}
+        assert after["ivy"].id == before["ivy"].id
+        assert after["ivy"].gpu_seconds > before["ivy"].gpu_seconds
+
+        admin.api("DELETE", "/users/ivy/server")
+        wait_stopped(admin, "ivy")
+        closed = ledger.allocation(before["ivy"].id)
+        assert closed.end_reason == "stopped"
+        assert admin.api("POST", "/users/kim/server", json={"gpus": 1}).status_code in (201, 202)
+        wait_ready(admin, "kim")
+        assert server_environment("kim")["CUDA_VISIBLE_DEVICES"] == devices["ivy"]
+    finally:
+        second.stop()
+    # A clean stop of the second hub stops the servers it took over as well.
+    assert not servers_of(state)
+
+
+def servers_of(state: Path) -> list[int]:
+    pids = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if "jupyterhub-singleuser" in cmdline and proc.environ().get("HOME", "").startswith(
+                str(state)
+            ):
+                pids.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return pids

@@ -1,0 +1,45 @@
+"""The spawn form in Chromium: profiles from the node's GPUs, unavailable ones greyed with
+their reason, and a spawn denied at submit time shown with the quota's message."""
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.e2e.test_gpu_spawns import wait_ready, wait_stopped
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+
+def test_form_greys_what_is_taken_and_shows_a_denial(gpu_hub, gpu_admin, page):
+    gpu_admin.api("POST", "/users", json={"usernames": ["fay", "gus"]})
+    assert gpu_admin.api("POST", "/users/fay/server", json={"gpus": 1}).ok
+    wait_ready(gpu_admin, "fay")
+    try:
+        page.goto(f"{gpu_hub.url}/hub/login")
+        page.fill("#username_input", "admin")
+        page.fill("#password_input", gpu_hub.printed_admin_password)
+        page.click("#login_submit")
+        page.goto(f"{gpu_hub.url}/hub/spawn")
+
+        profiles = page.locator(".gpulab-profile")
+        expect(profiles).to_have_count(3)  # cpu, 1-gpu, 2-gpus on a 2-GPU node
+        two = page.locator('.gpulab-profile[data-profile="2-gpus"]')
+        expect(two.locator("input")).to_be_disabled()
+        expect(two).to_contain_text("only 1 of 2 GPUs are free")
+        one = page.locator('.gpulab-profile[data-profile="1-gpu"]')
+        expect(one.locator("input")).to_be_enabled()
+        expect(page.locator('.gpulab-profile[data-profile="cpu"] input')).to_be_checked()
+
+        one.locator("input").check()
+        # Someone takes the last GPU while the form is open: the submit is denied.
+        assert gpu_admin.api("POST", "/users/gus/server", json={"gpus": 1}).ok
+        wait_ready(gpu_admin, "gus")
+        page.locator('form input[type="submit"], form button[type="submit"]').first.click()
+        error = page.locator(".spawn-error-msg")
+        expect(error).to_contain_text("all 2 GPUs are in use", timeout=30_000)
+        # The form comes back, now with both GPU profiles greyed.
+        expect(page.locator('.gpulab-profile[data-profile="1-gpu"] input')).to_be_disabled()
+        assert gpu_admin.api("GET", "/users/admin").json()["servers"] == {}
+    finally:
+        for name in ("fay", "gus"):
+            gpu_admin.api("DELETE", f"/users/{name}/server")
+            wait_stopped(gpu_admin, name)
