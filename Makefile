@@ -19,6 +19,7 @@ test: test-deps
 
 bench: test-deps
 	$(BIN)/python -m bench.admission --quick
+	$(BIN)/python -m bench.spawn --quick
 
 lint: test-deps
 	$(BIN)/ruff check .

@@ -86,7 +86,11 @@ c.Spawner.http_timeout = 60
 c.JupyterHub.services = [
     {
         "name": "idle-culler",
-        "command": [sys.executable, "-m", "jupyterhub_idle_culler", "--timeout=3600"],
+        # parent_watch: the culler ends with the hub, even a hub killed with SIGKILL.
+        "command": [
+            *(sys.executable, "-m", "gpulab_hub.parent_watch", "--"),
+            *(sys.executable, "-m", "jupyterhub_idle_culler", "--timeout=3600"),
+        ],
     }
 ]
 c.JupyterHub.load_roles = [

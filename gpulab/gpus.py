@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import logging
 import math
+import os
 import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -145,10 +148,20 @@ class StaticInventory(Inventory):
     ``telemetry()`` reports for a device, e.g. to make a GPU look idle to the culler or to
     advance its energy counter for the accountant. Until set, a device reports 0%
     utilisation and 0 bytes used (an idle GPU), and no power or energy (None).
+
+    The same from another process: with ``telemetry_file``, each ``telemetry()`` call
+    first applies that JSON file, ``{uuid: {"utilization_percent": 50, ...}}``, if it
+    exists (write it whole and rename it into place). The end-to-end tests drive the hub's
+    quota service this way (``c.GpulabQuota.static_telemetry_file``).
     """
 
-    def __init__(self, devices: Iterable[GPU | Mapping[str, Any]]):
+    def __init__(
+        self,
+        devices: Iterable[GPU | Mapping[str, Any]],
+        telemetry_file: str | os.PathLike | None = None,
+    ):
         self._devices = _validate_static(devices)
+        self._telemetry_file = None if telemetry_file is None else Path(telemetry_file)
         self._lock = threading.Lock()
         self._telemetry = {
             gpu.uuid: Telemetry(gpu.uuid, utilization_percent=0.0, memory_used_bytes=0)
@@ -181,8 +194,24 @@ class StaticInventory(Inventory):
         return f"<StaticInventory with {len(self._devices)} GPUs>"
 
     def telemetry(self, uuids: Iterable[str]) -> dict[str, Telemetry]:
+        self._apply_telemetry_file()
         with self._lock:
             return {u: self._telemetry[u] for u in _unique(uuids) if u in self._telemetry}
+
+    def _apply_telemetry_file(self) -> None:
+        if self._telemetry_file is None:
+            return
+        try:
+            readings = json.loads(self._telemetry_file.read_text())
+        except FileNotFoundError:
+            return
+        if not isinstance(readings, dict):
+            raise ValueError(f"{self._telemetry_file} must hold a JSON object of readings by UUID")
+        for uuid, reading in readings.items():
+            try:
+                self.set_telemetry(uuid, **reading)
+            except TypeError as e:  # an unknown metric name
+                raise ValueError(f"{self._telemetry_file}: {e}") from None
 
     def set_telemetry(
         self,
@@ -446,11 +475,15 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def detect_inventory(static: Iterable[GPU | Mapping[str, Any]] | None = None) -> Inventory:
+def detect_inventory(
+    static: Iterable[GPU | Mapping[str, Any]] | None = None,
+    telemetry_file: str | os.PathLike | None = None,
+) -> Inventory:
     """The inventory for this node: the static list when config gives one (even an empty
-    one: the operator said so), else NVML when the driver answers, else none."""
+    one: the operator said so), else NVML when the driver answers, else none.
+    ``telemetry_file`` feeds a static inventory's readings (see ``StaticInventory``)."""
     if static is not None:
-        return StaticInventory(static)
+        return StaticInventory(static, telemetry_file=telemetry_file)
     if NVMLInventory.available():
         return NVMLInventory()
     return EmptyInventory()

@@ -45,6 +45,15 @@ class GpulabQuota(SingletonConfigurable):
         (tests, demos). None (the default) asks NVML; no NVML means no GPUs (CPU only).""",
     )
 
+    static_telemetry_file = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="""A JSON file of readings by GPU UUID ({"GPU-...": {"utilization_percent": 0,
+        "energy_joules": 12.5}}) for the static GPUs, read at each accounting round: where
+        telemetry comes from outside NVML, and how tests make a GPU busy or idle.""",
+    )
+
     default_policy = Dict(
         config=True,
         help="""Limits for everyone, e.g. {"max_gpus": 2, "gpu_hours": 100, "window": "7d",
@@ -83,8 +92,9 @@ class GpulabQuota(SingletonConfigurable):
                     f"GpulabQuota.static_gpus must be a count >= 0 or a list, "
                     f"not {self.static_gpus!r}"
                 )
-            return StaticInventory.synthetic(self.static_gpus)
-        return detect_inventory(static=self.static_gpus)
+            devices = StaticInventory.synthetic(self.static_gpus).devices()
+            return StaticInventory(devices, telemetry_file=self.static_telemetry_file)
+        return detect_inventory(static=self.static_gpus, telemetry_file=self.static_telemetry_file)
 
     def device_uuids(self) -> list[str]:
         return [gpu.uuid for gpu in self.inventory.devices()]

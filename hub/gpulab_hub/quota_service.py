@@ -34,6 +34,7 @@ It exits when the hub that started it goes away, so a killed hub leaves no orpha
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -47,6 +48,7 @@ from traitlets.config.loader import PyFileConfigLoader
 
 from gpulab.quota.accountant import Accountant
 from gpulab.quota.policy import PolicyError
+from gpulab.quota.reports import usage_report, user_report
 from gpulab.units import parse_duration
 from gpulab_hub.quota import GpulabQuota
 from gpulab_hub.quota_metrics import render_metrics
@@ -291,7 +293,8 @@ class Service:
 
     async def tick(self) -> None:
         running, self.groups = await self.hub.servers()
-        report = self.accountant.tick(running)
+        # The ledger's calls block: keep them off the loop that answers the API.
+        report = await asyncio.to_thread(self.accountant.tick, running)
         for allocation, reason in report.stop:
             print(
                 f"gpulab-quota: stopping {allocation.user}/{allocation.server or 'default'}: "
@@ -305,46 +308,10 @@ class Service:
 
     def report_for(self, name: str, groups: list[str]) -> dict:
         policy = self.quota.policy_for(name, groups)
-        usage = self.quota.ledger.usage(name, since_seconds_ago=policy.window_seconds)
-        budget_left = (
-            None if policy.gpu_hours is None else policy.gpu_hours * 3600 - usage.gpu_seconds
-        )
-        return {
-            "user": name,
-            "limits": policy.to_json(),
-            "usage": {
-                "window_seconds": policy.window_seconds,
-                "gpu_seconds": usage.gpu_seconds,
-                "gpu_hours": usage.gpu_seconds / 3600,
-                "energy_joules": usage.energy_joules,
-                "gpus_held": usage.open_gpus,
-            },
-            "budget_left_gpu_hours": None if budget_left is None else budget_left / 3600,
-            "allocations": [
-                {
-                    "id": a.id,
-                    "server": a.server,
-                    "gpus": a.gpus,
-                    "devices": list(a.device_uuids),
-                    "granted_at": a.granted_at.isoformat(),
-                }
-                for a in self.quota.ledger.open_allocations(name)
-            ],
-            "warnings": [w.to_json() for w in self.accountant.warnings(name)],
-        }
+        return user_report(self.quota.ledger, name, policy, self.accountant.warnings(name))
 
     def usage_report(self, since_seconds: float) -> dict:
-        users = sorted({a.user for a in self.quota.ledger.allocations_since(since_seconds)})
-        by_user = {}
-        for name in users:
-            usage = self.quota.ledger.usage(name, since_seconds_ago=since_seconds)
-            by_user[name] = {
-                "gpu_seconds": usage.gpu_seconds,
-                "energy_joules": usage.energy_joules,
-                "gpus_held": usage.open_gpus,
-                "groups": self.groups.get(name, []),
-            }
-        return {"since_seconds": since_seconds, "users": by_user}
+        return usage_report(self.quota.ledger, since_seconds, self.groups)
 
 
 def make_app(service: Service, prefix: str) -> web.Application:

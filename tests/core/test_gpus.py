@@ -471,3 +471,19 @@ def test_real_nvml_reads_uuid_memory_and_energy(real_nvml):
     whole = [gpu for gpu in devices if not gpu.is_mig]
     if whole:
         print("energy counters:", {g.uuid: first[g.uuid].energy_joules for g in whole})
+
+
+def test_a_telemetry_file_feeds_the_static_inventory_from_another_process(tmp_path):
+    path = tmp_path / "telemetry.json"
+    inventory = StaticInventory.synthetic(2).devices()
+    inventory = StaticInventory(inventory, telemetry_file=path)
+    assert inventory.telemetry(["GPU-static-0000"])["GPU-static-0000"].utilization_percent == 0
+    path.write_text('{"GPU-static-0000": {"utilization_percent": 40, "energy_joules": 5}}')
+    reading = inventory.telemetry(["GPU-static-0000"])["GPU-static-0000"]
+    assert (reading.utilization_percent, reading.energy_joules) == (40, 5)
+    path.write_text('{"GPU-static-0000": {"utilisation": 40}}')
+    with pytest.raises(ValueError, match="telemetry.json"):
+        inventory.telemetry(["GPU-static-0000"])
+    path.write_text('{"GPU-static-0000": {"utilization_percent": 140}}')
+    with pytest.raises(ValueError, match="utilization_percent"):
+        inventory.telemetry(["GPU-static-0000"])

@@ -41,7 +41,14 @@ def test_sigkilled_hub_restarts_with_its_allocations(tmp_path):
         servers = {n: server_environment(n) for n in ("ivy", "jon")}
         assert len(set(devices.values())) == 2
 
-        jupyterhub_process(first).send_signal(signal.SIGKILL)
+        hub_process = jupyterhub_process(first)
+        services = [
+            p
+            for p in hub_process.children(recursive=True)
+            if "idle_culler" in " ".join(p.cmdline()) or "quota_service" in " ".join(p.cmdline())
+        ]
+        assert len(services) >= 2, [p.cmdline() for p in services]
+        hub_process.send_signal(signal.SIGKILL)
         first.proc.wait(30)
     finally:
         first.stop()
@@ -61,6 +68,10 @@ def test_sigkilled_hub_restarts_with_its_allocations(tmp_path):
             assert servers[name] == server_environment(name)
             status = admin.get_as_user(f"/user/{name}/api/status")
             assert status.status_code == 200, status.text
+
+        # The killed hub's services noticed and ended: no orphan calls a hub that is gone.
+        gone, alive = psutil.wait_procs(services, timeout=20)
+        assert not alive, [p.cmdline() for p in alive]
 
         full = admin.api("POST", "/users/kim/server", json={"gpus": 1})
         assert full.status_code == 409, full.text  # no device leaked to a third server
