@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gpulab.quota.policy import Policy
 from gpulab.units import format_duration
@@ -61,17 +61,25 @@ def profile_name(gpus: int) -> str:
     return "cpu" if gpus == 0 else f"{gpus}-gpu" if gpus == 1 else f"{gpus}-gpus"
 
 
-def build_profiles(policy: Policy, capacity: Capacity) -> list[Profile]:
-    """The profiles of this node for this user, unavailable ones with their reason."""
-    counts = [0, *(n for n in GPU_COUNTS if n <= capacity.total_gpus)]
+def offered_profiles(policy: Policy, total_gpus: int) -> list[Profile]:
+    """The profiles this node offers this user, all marked available: what a request may
+    name (whether it can be had now is the ledger's decision)."""
     profiles = []
-    for gpus in counts:
+    for gpus in [0, *(n for n in GPU_COUNTS if n <= total_gpus)]:
         name = profile_name(gpus)
-        display = "CPU only" if gpus == 0 else f"{gpus} GPU" + ("s" if gpus > 1 else "")
-        reason = _unavailable_reason(name, gpus, policy, capacity)
         if policy.profiles is not None and name not in policy.profiles:
             continue  # not offered to this user at all
-        profiles.append(Profile(name, display, gpus, available=not reason, reason=reason))
+        display = "CPU only" if gpus == 0 else f"{gpus} GPU" + ("s" if gpus > 1 else "")
+        profiles.append(Profile(name, display, gpus, available=True))
+    return profiles
+
+
+def build_profiles(policy: Policy, capacity: Capacity) -> list[Profile]:
+    """The profiles of this node for this user, unavailable ones with their reason."""
+    profiles = []
+    for profile in offered_profiles(policy, capacity.total_gpus):
+        reason = _unavailable_reason(profile.name, profile.gpus, policy, capacity)
+        profiles.append(replace(profile, available=not reason, reason=reason))
     return profiles
 
 

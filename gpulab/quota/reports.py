@@ -40,7 +40,8 @@ def user_report(ledger: Ledger, name: str, policy: Policy, warnings: Iterable) -
 
 
 def usage_report(ledger: Ledger, since_seconds: float, groups: Mapping[str, list[str]]) -> dict:
-    """GPU-seconds, energy and GPUs held of everyone who held an allocation in the period."""
+    """GPU-seconds, energy and GPUs held of everyone who held an allocation in the period,
+    and the GPU-seconds and energy of each group."""
     users = sorted({a.user for a in ledger.allocations_since(since_seconds)})
     by_user = {}
     for name in users:
@@ -51,4 +52,11 @@ def usage_report(ledger: Ledger, since_seconds: float, groups: Mapping[str, list
             "gpus_held": usage.open_gpus,
             "groups": list(groups.get(name, [])),
         }
-    return {"since_seconds": since_seconds, "users": by_user}
+    # By group too: a user counts in each of their groups (group totals may overlap).
+    by_group: dict[str, dict[str, float]] = {}
+    for row in by_user.values():
+        for group in row["groups"] or ["(no group)"]:
+            totals = by_group.setdefault(group, {"gpu_seconds": 0.0, "energy_joules": 0.0})
+            totals["gpu_seconds"] += row["gpu_seconds"]
+            totals["energy_joules"] += row["energy_joules"]
+    return {"since_seconds": since_seconds, "users": by_user, "groups": by_group}

@@ -44,6 +44,11 @@ def run_hub(args) -> int:
         print(f"gpulab hub: --config {str(config)!r} is not a file", file=sys.stderr)
         return 2
 
+    problem = config_problem(config.resolve())
+    if problem:
+        print(f"gpulab hub: {config}: {problem}", file=sys.stderr)
+        return 2
+
     jupyterhub = Path(sys.executable).with_name("jupyterhub")
     # The hub's services (the quota service) read the same config file.
     env = {**os.environ, "GPULAB_HUB_CONFIG": str(config.resolve())}
@@ -65,6 +70,26 @@ def run_hub(args) -> int:
             flush=True,
         )
     return hub.wait()
+
+
+def config_problem(path: Path) -> str | None:
+    """What stops gpulab's part of the config from working, checked before the hub starts
+    (fail closed: a bad quota setting must not surface at someone's spawn), or None."""
+    from sqlalchemy.exc import SQLAlchemyError
+    from traitlets import TraitError
+    from traitlets.config.loader import PyFileConfigLoader
+
+    from gpulab.gpus import InventoryError
+    from gpulab_hub.quota import GpulabQuota
+    from gpulab_hub.quota_service import QuotaService
+
+    try:
+        config = PyFileConfigLoader(path.name, path=str(path.parent)).load_config()
+        GpulabQuota(config=config).ledger.close()
+        QuotaService(config=config)
+    except (ValueError, TraitError, InventoryError, SQLAlchemyError) as e:
+        return str(e)
+    return None
 
 
 def wait_until_healthy(public_url: str, hub: subprocess.Popen, timeout: float = 120) -> bool:

@@ -122,16 +122,25 @@ def listening_ports(pid: int) -> set[int]:
 
 
 async def wait_for_listener(
-    pid: int, port: int, *, timeout: float, is_running, interval: float = 0.1
+    pid: int,
+    port: int,
+    *,
+    timeout: float,
+    is_running,
+    ip: str = "127.0.0.1",
+    interval: float = 0.1,
 ) -> None:
     """Return once process ``pid`` listens on ``port``; raise PortBindError otherwise.
 
     ``is_running()`` tells whether the process is still alive (a Popen's ``poll() is
     None``); a process that exits first failed to start, typically on a taken port.
+    A connection attempt (cheap) tells when something listens; only then is the owner
+    looked up (a scan of the process's sockets), so 20 servers starting at once don't
+    spend the cores the servers need on scanning /proc.
     """
     deadline = time.monotonic() + timeout
     while True:
-        if port in listening_ports(pid):
+        if _accepts(ip, port) and port in listening_ports(pid):
             return
         if not is_running():
             raise PortBindError(
@@ -143,3 +152,10 @@ async def wait_for_listener(
                 exited=False,
             )
         await asyncio.sleep(interval)
+
+
+def _accepts(ip: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((ip, port)) == 0

@@ -21,7 +21,13 @@ from tornado import web
 from traitlets import HasTraits, Integer, default
 
 from gpulab.quota.ledger import QuotaDenied
-from gpulab.quota.profiles import BadSpawnOptions, build_profiles, parse_spawn_options, render_form
+from gpulab.quota.profiles import (
+    BadSpawnOptions,
+    build_profiles,
+    offered_profiles,
+    parse_spawn_options,
+    render_form,
+)
 from gpulab_hub.quota import GpulabQuota
 
 
@@ -48,6 +54,9 @@ class QuotaSpawnerMixin(HasTraits):
     def _policy(self):
         return self.quota.policy_for(self.user.name, [g.name for g in self.user.groups])
 
+    def _total_gpus(self) -> int:
+        return len(self.quota.device_uuids())
+
     def _profiles(self):
         policy = self._policy()
         return build_profiles(policy, self.quota.capacity_for(self.user.name, policy))
@@ -69,7 +78,7 @@ class QuotaSpawnerMixin(HasTraits):
             if k != "_xsrf"
         }
         try:
-            parse_spawn_options(options, self._profiles())
+            parse_spawn_options(options, offered_profiles(self._policy(), self._total_gpus()))
         except BadSpawnOptions as e:
             raise user_facing_error(400, str(e)) from None
         return options
@@ -85,7 +94,9 @@ class QuotaSpawnerMixin(HasTraits):
 
     async def start(self):
         try:
-            profile = parse_spawn_options(self.user_options or {}, self._profiles())
+            policy = self._policy()
+            offered = offered_profiles(policy, self._total_gpus())
+            profile = parse_spawn_options(self.user_options or {}, offered)
         except BadSpawnOptions as e:
             raise user_facing_error(400, str(e)) from None
         quota = self.quota
@@ -100,7 +111,7 @@ class QuotaSpawnerMixin(HasTraits):
                 user=self.user.name,
                 server=self.name,
                 gpus=profile.gpus,
-                policy=self._policy(),
+                policy=policy,
                 devices=quota.device_uuids(),
                 actor=self.user.name,
             )

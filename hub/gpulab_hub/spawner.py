@@ -108,6 +108,7 @@ class PortSafeLocalProcessSpawner(SimpleLocalProcessSpawner):
         await wait_for_listener(
             self.pid,
             port,
+            ip=ip,
             timeout=self.start_timeout,
             is_running=lambda: self.proc is not None and self.proc.poll() is None,
         )

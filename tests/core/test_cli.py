@@ -47,3 +47,21 @@ def test_hub_with_a_missing_config_file_says_so(tmp_path):
     result = run("hub", "--config", str(tmp_path / "nope.py"))
     assert result.returncode == 2
     assert "is not a file" in result.stderr
+
+
+def test_hub_refuses_a_bad_quota_setting_before_starting(tmp_path):
+    import os
+
+    config = tmp_path / "bad_config.py"
+    config.write_text(
+        "from pathlib import Path\n"
+        f"load_subconfig({str(Path(__file__).resolve().parents[2] / 'jupyterhub_config.py')!r})\n"
+        "c = get_config()\n"
+        "c.GpulabQuota.group_policies = {'physics': {'max_gpus': -1}}\n"
+    )
+    env = {**os.environ, "GPULAB_STATE_DIR": str(tmp_path / "s"), "GPULAB_PORT": "8999"}
+    result = run("hub", "--config", str(config), env=env)
+    assert result.returncode == 2
+    assert "max_gpus" in result.stderr and "physics" in result.stderr and "-1" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "s" / "jupyterhub.sqlite").exists()  # the hub never started

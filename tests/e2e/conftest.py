@@ -14,13 +14,11 @@
 from __future__ import annotations
 
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
 from gpulab_hub.ports import free_port
-from tests.e2e.harness import REPO, HubSession, RunningHub
+from tests.e2e.harness import HubSession, RunningHub
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -90,12 +88,8 @@ def page(browser, request, tmp_path):
 
 @pytest.fixture(scope="session")
 def gpu_hub(tmp_path_factory):
-    gpulab = str(Path(sys.executable).with_name("gpulab"))
-    config = str(REPO / "tests/e2e/gpu_hub_config.py")
-    hub = RunningHub.start(
-        tmp_path_factory.mktemp("gpu-hub") / "state",
-        free_port(),
-        command=[gpulab, "hub", "--config", config],
+    hub = RunningHub.start_with_config(
+        tmp_path_factory.mktemp("gpu-hub") / "state", "gpu_hub_config.py"
     )
     yield hub
     hub.stop()

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -74,6 +75,15 @@ class RunningHub:
                 hub.stop()
                 raise RuntimeError(f"the hub did not become ready:\n{hub.output[-5000:]}")
         return hub
+
+    @classmethod
+    def start_with_config(cls, state_dir: Path, config: str, port: int | None = None):
+        """``gpulab hub --config tests/e2e/CONFIG`` (a variant of the embedded default)."""
+        from gpulab_hub.ports import free_port
+
+        gpulab = str(Path(sys.executable).with_name("gpulab"))
+        command = [gpulab, "hub", "--config", str(REPO / "tests" / "e2e" / config)]
+        return cls.start(state_dir, port or free_port(), command=command)
 
     def stop(self, timeout: float = 60) -> None:
         if self.proc.poll() is None:

@@ -5,19 +5,16 @@ writes (``c.GpulabQuota.static_telemetry_file``)."""
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from gpulab.quota.ledger import Ledger
-from gpulab_hub.ports import free_port
-from tests.e2e.harness import REPO, HubSession, RunningHub
+from tests.e2e.harness import HubSession, RunningHub
 from tests.e2e.test_gpu_spawns import wait_ready
 
 pytestmark = pytest.mark.e2e
-GPULAB = str(Path(sys.executable).with_name("gpulab"))
 GPU = "GPU-static-0000"
 
 
@@ -29,8 +26,7 @@ def write_telemetry(state: Path, utilization: float) -> None:
 
 def test_busy_gpus_keep_a_server_and_idle_ones_end_it(tmp_path):
     state = tmp_path / "state"
-    config = str(REPO / "tests/e2e/idle_gpu_hub_config.py")
-    hub = RunningHub.start(state, free_port(), command=[GPULAB, "hub", "--config", config])
+    hub = RunningHub.start_with_config(state, "idle_gpu_hub_config.py")
     try:
         admin = HubSession(hub.url)
         assert admin.login("admin", hub.printed_admin_password).status_code == 302

@@ -2,7 +2,6 @@
 the servers keep their GPUs, the ledger hands none out twice, accrual goes on."""
 
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -11,12 +10,10 @@ import pytest
 
 from gpulab.quota.ledger import Ledger
 from gpulab_hub.ports import free_port
-from tests.e2e.harness import REPO, HubSession, RunningHub
+from tests.e2e.harness import HubSession, RunningHub
 from tests.e2e.test_gpu_spawns import server_environment, wait_ready, wait_stopped
 
 pytestmark = pytest.mark.e2e
-GPULAB = str(Path(sys.executable).with_name("gpulab"))
-CONFIG = str(REPO / "tests/e2e/gpu_hub_config.py")
 
 
 def jupyterhub_process(launcher: RunningHub) -> psutil.Process:
@@ -28,7 +25,7 @@ def jupyterhub_process(launcher: RunningHub) -> psutil.Process:
 
 def test_sigkilled_hub_restarts_with_its_allocations(tmp_path):
     state, port = tmp_path / "state", free_port()
-    first = RunningHub.start(state, port, command=[GPULAB, "hub", "--config", CONFIG])
+    first = RunningHub.start_with_config(state, "gpu_hub_config.py", port)
     try:
         admin = HubSession(first.url)
         assert admin.login("admin", first.printed_admin_password).status_code == 302
@@ -57,7 +54,7 @@ def test_sigkilled_hub_restarts_with_its_allocations(tmp_path):
     before = {a.user: a for a in ledger.open_allocations()}
     assert set(before) == {"ivy", "jon"}  # nothing released by the crash
 
-    second = RunningHub.start(state, port, command=[GPULAB, "hub", "--config", CONFIG])
+    second = RunningHub.start_with_config(state, "gpu_hub_config.py", port)
     try:
         admin = HubSession(second.url)
         assert admin.login("admin", first.printed_admin_password).status_code == 302

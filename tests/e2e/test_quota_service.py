@@ -3,28 +3,22 @@ user through the API), the server is stopped after the grace period and the ledg
 why; users see only their own quota, operators everyone's, and metrics."""
 
 import json
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
 from gpulab.quota.ledger import Ledger
-from gpulab_hub.ports import free_port
-from tests.e2e.harness import REPO, HubSession, RunningHub
+from tests.e2e.harness import HubSession, RunningHub
 
 pytestmark = pytest.mark.e2e
-GPULAB = str(Path(sys.executable).with_name("gpulab"))
 SERVICE = "/services/gpulab-quota"
 
 
 @pytest.fixture(scope="module")
 def quota_hub(tmp_path_factory):
-    hub = RunningHub.start(
-        tmp_path_factory.mktemp("quota-hub") / "state",
-        free_port(),
-        command=[GPULAB, "hub", "--config", str(REPO / "tests/e2e/quota_hub_config.py")],
+    hub = RunningHub.start_with_config(
+        tmp_path_factory.mktemp("quota-hub") / "state", "quota_hub_config.py"
     )
     yield hub
     hub.stop()

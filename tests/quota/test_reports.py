@@ -34,3 +34,5 @@ def test_usage_report_lists_who_used_gpus_in_the_period(sqlite_ledger):
     assert report["users"]["ana"]["gpu_seconds"] == pytest.approx(600, abs=5)
     assert report["users"]["ana"]["groups"] == ["physics"]
     assert report["users"]["bo"]["gpu_seconds"] == 0
+    assert report["groups"]["physics"]["gpu_seconds"] == pytest.approx(600, abs=5)
+    assert report["groups"]["(no group)"]["gpu_seconds"] == 0
