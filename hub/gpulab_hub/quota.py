@@ -1,9 +1,9 @@
 """The hub's one quota object: the node's GPU inventory, the policies and the ledger.
 
 Configured as ``c.GpulabQuota.*`` and shared by every spawner of the hub process
-(``GpulabQuota.instance(config=...)``). Built eagerly at the first spawner so that a
-config error (a negative limit, an unknown unit or group) names its setting instead of
-surfacing at someone's spawn.
+(``GpulabQuota.instance(config=...)``). ``gpulab hub`` builds one from the config before it
+starts JupyterHub, so a config error (a negative limit, an unknown unit or group) names its
+setting and the hub does not start, instead of surfacing at someone's spawn.
 
 Policies: the config file's (``default_policy``, ``group_policies``, ``user_policies``) <
 operator overrides kept in the ledger (``set_policy``: the quota API, ``gpulab quota set``).
@@ -33,7 +33,7 @@ class GpulabQuota(SingletonConfigurable):
         config=True,
         help="""SQLAlchemy URL of the quota ledger: a SQLite file on one machine
         (sqlite:////path/ledger.sqlite), PostgreSQL in production
-        (postgresql+psycopg://user@host/db). Required: the hub refuses GPU spawns without it.""",
+        (postgresql+psycopg://user@host/db). Required.""",
     )
 
     static_gpus = Any(
