@@ -18,7 +18,7 @@ import shutil
 import pytest
 
 from gpulab_hub.ports import free_port
-from tests.e2e.harness import HubSession, RunningHub
+from tests.e2e.harness import RunningHub
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -49,11 +49,7 @@ def admin_password(hub):
 
 @pytest.fixture(scope="session")
 def admin(hub, admin_password):
-    session = HubSession(hub.url)
-    response = session.login("admin", admin_password)
-    assert response.status_code == 302, response.text[:2000]
-    session.create_token("admin")
-    return session
+    return hub.admin_session(admin_password)
 
 
 @pytest.fixture(scope="session")
@@ -97,9 +93,7 @@ def gpu_hub(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def gpu_admin(gpu_hub):
-    session = HubSession(gpu_hub.url)
-    assert session.login("admin", gpu_hub.printed_admin_password).status_code == 302
-    session.create_token("admin")
+    session = gpu_hub.admin_session()
     created = session.api("POST", "/users", json={"usernames": ["alice", "bob", "carol"]})
     assert created.status_code == 201, created.text
     return session

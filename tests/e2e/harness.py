@@ -85,6 +85,15 @@ class RunningHub:
         command = [gpulab, "hub", "--config", str(REPO / "tests" / "e2e" / config)]
         return cls.start(state_dir, port or free_port(), command=command)
 
+    def admin_session(self, password: str | None = None) -> HubSession:
+        """The admin, logged in (with the first password unless another is given) and
+        holding an API token."""
+        session = HubSession(self.url)
+        response = session.login("admin", password or self.printed_admin_password)
+        assert response.status_code == 302, response.text[:2000]
+        session.create_token("admin")
+        return session
+
     def stop(self, timeout: float = 60) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)

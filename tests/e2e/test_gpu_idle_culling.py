@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gpulab.quota.ledger import Ledger
-from tests.e2e.harness import HubSession, RunningHub
+from tests.e2e.harness import RunningHub
 from tests.e2e.test_gpu_spawns import wait_ready
 
 pytestmark = pytest.mark.e2e
@@ -28,9 +28,7 @@ def test_busy_gpus_keep_a_server_and_idle_ones_end_it(tmp_path):
     state = tmp_path / "state"
     hub = RunningHub.start_with_config(state, "idle_gpu_hub_config.py")
     try:
-        admin = HubSession(hub.url)
-        assert admin.login("admin", hub.printed_admin_password).status_code == 302
-        admin.create_token("admin")
+        admin = hub.admin_session()
         admin.api("POST", "/users/lea")
         write_telemetry(state, 60)
         assert admin.api("POST", "/users/lea/server", json={"gpus": 1}).ok

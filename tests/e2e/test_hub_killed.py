@@ -10,7 +10,7 @@ import pytest
 
 from gpulab.quota.ledger import Ledger
 from gpulab_hub.ports import free_port
-from tests.e2e.harness import HubSession, RunningHub
+from tests.e2e.harness import RunningHub
 from tests.e2e.test_gpu_spawns import server_environment, wait_ready, wait_stopped
 
 pytestmark = pytest.mark.e2e
@@ -27,9 +27,7 @@ def test_sigkilled_hub_restarts_with_its_allocations(tmp_path):
     state, port = tmp_path / "state", free_port()
     first = RunningHub.start_with_config(state, "gpu_hub_config.py", port)
     try:
-        admin = HubSession(first.url)
-        assert admin.login("admin", first.printed_admin_password).status_code == 302
-        admin.create_token("admin")
+        admin = first.admin_session()
         admin.api("POST", "/users", json={"usernames": ["ivy", "jon", "kim"]})
         for name in ("ivy", "jon"):
             assert admin.api("POST", f"/users/{name}/server", json={"gpus": 1}).ok
@@ -56,9 +54,7 @@ def test_sigkilled_hub_restarts_with_its_allocations(tmp_path):
 
     second = RunningHub.start_with_config(state, "gpu_hub_config.py", port)
     try:
-        admin = HubSession(second.url)
-        assert admin.login("admin", first.printed_admin_password).status_code == 302
-        admin.create_token("admin")
+        admin = second.admin_session(first.printed_admin_password)
         for name in ("ivy", "jon"):  # the servers survived and the hub kept them
             wait_ready(admin, name, timeout=30)
             assert server_environment(name)["CUDA_VISIBLE_DEVICES"] == devices[name]

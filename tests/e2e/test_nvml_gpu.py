@@ -8,7 +8,7 @@ import pytest
 
 from gpulab.gpus import NVMLInventory
 from gpulab_hub.ports import free_port
-from tests.e2e.harness import HubSession, RunningHub
+from tests.e2e.harness import RunningHub
 from tests.e2e.test_gpu_spawns import server_environment, wait_ready, wait_stopped
 
 pytestmark = pytest.mark.e2e
@@ -38,9 +38,7 @@ def real_gpus():
 def test_a_gpu_server_sees_exactly_its_device(real_gpus, tmp_path):
     hub = RunningHub.start(tmp_path / "state", free_port())  # as `make run`: NVML inventory
     try:
-        admin = HubSession(hub.url)
-        assert admin.login("admin", hub.printed_admin_password).status_code == 302
-        admin.create_token("admin")
+        admin = hub.admin_session()
         admin.api("POST", "/users/gpu-user")
         assert admin.api("POST", "/users/gpu-user/server", json={"gpus": 1}).ok
         wait_ready(admin, "gpu-user")

@@ -26,9 +26,7 @@ def quota_hub(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def admin(quota_hub):
-    session = HubSession(quota_hub.url)
-    assert session.login("admin", quota_hub.printed_admin_password).status_code == 302
-    session.create_token("admin")
+    session = quota_hub.admin_session()
     assert session.api("POST", "/users", json={"usernames": ["dora", "eve"]}).status_code == 201
     return session
 
