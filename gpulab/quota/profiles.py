@@ -9,8 +9,8 @@ User options are untrusted: ``parse_spawn_options`` accepts exactly those two ke
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 
 from gpulab.quota.policy import Policy
 from gpulab.units import format_duration
@@ -37,6 +37,9 @@ class Capacity:
     held_gpus: int  # by this user, over all their servers
     budget_left_seconds: float | None  # GPU-seconds left in the window; None = no budget
     budget_renews_in_seconds: float | None = None  # when the oldest use leaves the window
+    # MIG slices by profile ("1g.10gb") -> (total, free); total_gpus/free_gpus count whole
+    # GPUs only (a GPU in MIG mode is offered as its slices).
+    mig_slices: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -46,12 +49,14 @@ class Profile:
     gpus: int
     available: bool
     reason: str = ""  # why not available; empty when it is
+    mig: str | None = None  # a MIG slice profile ("1g.10gb"): one slice of that size
 
     def to_json(self) -> dict:
         return {
             "name": self.name,
             "display_name": self.display_name,
             "gpus": self.gpus,
+            "mig": self.mig,
             "available": self.available,
             "reason": self.reason,
         }
@@ -61,29 +66,33 @@ def profile_name(gpus: int) -> str:
     return "cpu" if gpus == 0 else f"{gpus}-gpu" if gpus == 1 else f"{gpus}-gpus"
 
 
-def offered_profiles(policy: Policy, total_gpus: int) -> list[Profile]:
+def offered_profiles(
+    policy: Policy, total_gpus: int, mig_profiles: Iterable[str] = ()
+) -> list[Profile]:
     """The profiles this node offers this user, all marked available: what a request may
-    name (whether it can be had now is the ledger's decision)."""
+    name (whether it can be had now is the ledger's decision). Whole GPUs by count, then
+    one profile per MIG slice size ("mig-1g.10gb")."""
     profiles = []
     for gpus in [0, *(n for n in GPU_COUNTS if n <= total_gpus)]:
-        name = profile_name(gpus)
-        if policy.profiles is not None and name not in policy.profiles:
-            continue  # not offered to this user at all
         display = "CPU only" if gpus == 0 else f"{gpus} GPU" + ("s" if gpus > 1 else "")
-        profiles.append(Profile(name, display, gpus, available=True))
-    return profiles
+        profiles.append(Profile(profile_name(gpus), display, gpus, available=True))
+    for mig in sorted(set(mig_profiles)):
+        profiles.append(Profile(f"mig-{mig}", f"MIG slice {mig}", 1, available=True, mig=mig))
+    # Profiles outside the policy are not offered to this user at all.
+    return [p for p in profiles if policy.profiles is None or p.name in policy.profiles]
 
 
 def build_profiles(policy: Policy, capacity: Capacity) -> list[Profile]:
     """The profiles of this node for this user, unavailable ones with their reason."""
     profiles = []
-    for profile in offered_profiles(policy, capacity.total_gpus):
-        reason = _unavailable_reason(profile.name, profile.gpus, policy, capacity)
+    for profile in offered_profiles(policy, capacity.total_gpus, capacity.mig_slices):
+        reason = _unavailable_reason(profile, policy, capacity)
         profiles.append(replace(profile, available=not reason, reason=reason))
     return profiles
 
 
-def _unavailable_reason(name: str, gpus: int, policy: Policy, capacity: Capacity) -> str:
+def _unavailable_reason(profile: Profile, policy: Policy, capacity: Capacity) -> str:
+    gpus = profile.gpus
     if gpus == 0:
         return ""
     if policy.max_gpus is not None and capacity.held_gpus + gpus > policy.max_gpus:
@@ -96,6 +105,9 @@ def _unavailable_reason(name: str, gpus: int, policy: Policy, capacity: Capacity
             renews = format_duration(capacity.budget_renews_in_seconds)
             return f"your GPU-hours for the last {window} are used up; some return in {renews}"
         return f"your GPU-hours for the last {window} are used up"
+    if profile.mig is not None:
+        total, free = capacity.mig_slices.get(profile.mig, (0, 0))
+        return "" if free else f"all {total} {profile.mig} slices are in use"
     if gpus > capacity.free_gpus:
         if capacity.free_gpus == 0:
             return f"all {capacity.total_gpus} GPUs are in use"

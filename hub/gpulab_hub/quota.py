@@ -24,7 +24,7 @@ from traitlets.config import SingletonConfigurable
 from gpulab.gpus import Inventory, StaticInventory, detect_inventory
 from gpulab.quota.ledger import Ledger
 from gpulab.quota.policy import OVERRIDE_LEVELS, Policy, PolicySet
-from gpulab.quota.profiles import Capacity
+from gpulab.quota.profiles import Capacity, Profile
 
 
 class GpulabQuota(SingletonConfigurable):
@@ -99,6 +99,25 @@ class GpulabQuota(SingletonConfigurable):
     def device_uuids(self) -> list[str]:
         return [gpu.uuid for gpu in self.inventory.devices()]
 
+    def whole_gpus(self) -> list[str]:
+        """UUIDs of the GPUs handed out whole (not in MIG mode)."""
+        return [gpu.uuid for gpu in self.inventory.devices() if not gpu.is_mig]
+
+    def mig_slices(self) -> dict[str, list[str]]:
+        """UUIDs of the MIG instances, by slice profile ("1g.10gb")."""
+        slices: dict[str, list[str]] = {}
+        for gpu in self.inventory.devices():
+            if gpu.is_mig and gpu.profile:
+                slices.setdefault(gpu.profile, []).append(gpu.uuid)
+        return slices
+
+    def device_pool(self, profile: Profile) -> list[str]:
+        """The devices a spawn of ``profile`` may be given: slices of its size for a MIG
+        profile, whole GPUs otherwise."""
+        if profile.mig is not None:
+            return self.mig_slices().get(profile.mig, [])
+        return self.whole_gpus()
+
     def effective_policies(self) -> PolicySet:
         """The config's policies with the ledger's operator overrides on top, read now."""
         overrides = self.ledger.policy_overrides()
@@ -152,16 +171,20 @@ class GpulabQuota(SingletonConfigurable):
         }
 
     def capacity_for(self, username: str, policy: Policy) -> Capacity:
-        devices = self.device_uuids()
         open_allocations = self.ledger.open_allocations()
         in_use = {uuid for a in open_allocations for uuid in a.device_uuids}
         usage = self.ledger.usage(username, since_seconds_ago=policy.window_seconds)
         budget_left = None
         if policy.gpu_hours is not None:
             budget_left = policy.gpu_hours * 3600 - usage.gpu_seconds
+        whole = self.whole_gpus()
         return Capacity(
-            total_gpus=len(devices),
-            free_gpus=len([d for d in devices if d not in in_use]),
+            total_gpus=len(whole),
+            free_gpus=len([d for d in whole if d not in in_use]),
             held_gpus=usage.open_gpus,
             budget_left_seconds=budget_left,
+            mig_slices={
+                mig: (len(uuids), len([u for u in uuids if u not in in_use]))
+                for mig, uuids in self.mig_slices().items()
+            },
         )

@@ -54,8 +54,8 @@ class QuotaSpawnerMixin(HasTraits):
     def _policy(self):
         return self.quota.policy_for(self.user.name, [g.name for g in self.user.groups])
 
-    def _total_gpus(self) -> int:
-        return len(self.quota.device_uuids())
+    def _offered(self, policy):
+        return offered_profiles(policy, len(self.quota.whole_gpus()), self.quota.mig_slices())
 
     def _profiles(self):
         policy = self._policy()
@@ -78,7 +78,7 @@ class QuotaSpawnerMixin(HasTraits):
             if k != "_xsrf"
         }
         try:
-            parse_spawn_options(options, offered_profiles(self._policy(), self._total_gpus()))
+            parse_spawn_options(options, self._offered(self._policy()))
         except BadSpawnOptions as e:
             raise user_facing_error(400, str(e)) from None
         return options
@@ -95,8 +95,7 @@ class QuotaSpawnerMixin(HasTraits):
     async def start(self):
         try:
             policy = self._policy()
-            offered = offered_profiles(policy, self._total_gpus())
-            profile = parse_spawn_options(self.user_options or {}, offered)
+            profile = parse_spawn_options(self.user_options or {}, self._offered(policy))
         except BadSpawnOptions as e:
             raise user_facing_error(400, str(e)) from None
         quota = self.quota
@@ -112,7 +111,7 @@ class QuotaSpawnerMixin(HasTraits):
                 server=self.name,
                 gpus=profile.gpus,
                 policy=policy,
-                devices=quota.device_uuids(),
+                devices=quota.device_pool(profile),
                 actor=self.user.name,
             )
         except QuotaDenied as e:

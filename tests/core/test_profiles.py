@@ -106,3 +106,21 @@ def test_form_escapes_text():
     form = render_form([Profile("<x>", "<b>bold</b>", 0, False, "a & <script>")])
     assert "<script>" not in form and "<b>" not in form
     assert "&lt;script&gt;" in form
+
+
+def test_mig_slices_are_offered_per_size_and_greyed_when_taken():
+    cap = Capacity(1, 1, 0, None, mig_slices={"1g.10gb": (7, 0), "3g.40gb": (2, 1)})
+    profiles = {p.name: p for p in build_profiles(Policy(), cap)}
+    assert list(profiles) == ["cpu", "1-gpu", "mig-1g.10gb", "mig-3g.40gb"]
+    assert profiles["mig-3g.40gb"].available and profiles["mig-3g.40gb"].mig == "3g.40gb"
+    assert not profiles["mig-1g.10gb"].available
+    assert profiles["mig-1g.10gb"].reason == "all 7 1g.10gb slices are in use"
+    assert parse_spawn_options({"profile": "mig-3g.40gb"}, list(profiles.values())).gpus == 1
+    # {"gpus": 1} means a whole GPU, never a slice.
+    assert parse_spawn_options({"gpus": 1}, list(profiles.values())).mig is None
+
+
+def test_a_policy_can_limit_a_user_to_mig_slices():
+    policy = Policy(profiles=frozenset({"cpu", "mig-1g.10gb"}))
+    cap = Capacity(2, 2, 0, None, mig_slices={"1g.10gb": (7, 7)})
+    assert [p.name for p in build_profiles(policy, cap)] == ["cpu", "mig-1g.10gb"]
