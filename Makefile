@@ -9,7 +9,8 @@ BIN := $(VENV)/bin
 # never write outside the repository (besides apt for Chromium, see below).
 export npm_config_cache := $(CURDIR)/node_modules/.npm-cache
 
-.PHONY: run test lint bench hub-deps test-deps chromium postgresql clean
+.PHONY: run test lint bench hub-deps test-deps chromium postgresql clean labextension \
+	server-extension-config
 
 run: hub-deps
 	$(BIN)/gpulab hub --config jupyterhub_config.py
@@ -20,11 +21,13 @@ test: test-deps
 bench: test-deps
 	$(BIN)/python -m bench.admission --quick
 	$(BIN)/python -m bench.spawn --quick
+	$(BIN)/python -m bench.cluster_start --quick
+	$(BIN)/python -m bench.ddp --quick
 
 lint: test-deps
 	$(BIN)/ruff check .
 
-hub-deps: $(VENV)/.hub-deps.stamp node_modules/.deps.stamp
+hub-deps: $(VENV)/.hub-deps.stamp node_modules/.deps.stamp labextension server-extension-config
 
 test-deps: hub-deps $(VENV)/.test-deps.stamp chromium postgresql
 
@@ -32,17 +35,53 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.hub-deps.stamp: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+$(VENV)/.hub-deps.stamp: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
 	touch $@
 
 $(VENV)/.test-deps.stamp: pyproject.toml $(VENV)/.hub-deps.stamp
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
 node_modules/.deps.stamp: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+# The JupyterLab sidebar (TypeScript in $(LABEXT_JS)), built with JupyterLab's builder into
+# $(LABEXT_OUT) (ignored by git). The editable venv serves it through a symlink, as
+# `jupyter labextension develop` makes; a wheel ships the prebuilt folder (hatch_build.py).
+# Its output's package.json is the stamp: rebuilt when a source, the manifest or the lockfile
+# changes.
+LABEXT_JS := extensions/gpulab_jupyterlab/js
+LABEXT_OUT := extensions/gpulab_jupyterlab/labextension
+LABEXT_LINK := $(VENV)/share/jupyter/labextensions/gpulab-jupyterlab
+LABEXT_SOURCES := $(shell find $(LABEXT_JS)/src $(LABEXT_JS)/style -type f 2>/dev/null) \
+	$(LABEXT_JS)/tsconfig.json $(LABEXT_JS)/install.json
+SERVER_CONFIG := $(VENV)/etc/jupyter/jupyter_server_config.d/gpulab_jupyterlab.json
+
+labextension: $(LABEXT_OUT)/package.json
+	@if [ "$$(readlink $(LABEXT_LINK))" != "$(CURDIR)/$(LABEXT_OUT)" ]; then \
+		rm -rf $(LABEXT_LINK) && mkdir -p $(dir $(LABEXT_LINK)) && \
+		ln -s $(CURDIR)/$(LABEXT_OUT) $(LABEXT_LINK) && \
+		echo "linked $(LABEXT_LINK) -> $(LABEXT_OUT)"; \
+	fi
+
+$(LABEXT_JS)/node_modules/.deps.stamp: $(LABEXT_JS)/package.json $(LABEXT_JS)/package-lock.json
+	cd $(LABEXT_JS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(LABEXT_OUT)/package.json: $(LABEXT_JS)/node_modules/.deps.stamp $(LABEXT_SOURCES) \
+		| $(VENV)/.hub-deps.stamp
+	cd $(LABEXT_JS) && PATH="$(CURDIR)/$(BIN):$$PATH" npm run --silent build:prod
+	touch $@
+
+# The server extension's switch: `pip install -e .` installs it as shared-data too; this
+# keeps it there in a venv installed before the file existed.
+server-extension-config: $(SERVER_CONFIG)
+
+$(SERVER_CONFIG): jupyter-config/jupyter_server_config.d/gpulab_jupyterlab.json \
+		| $(VENV)/.hub-deps.stamp
+	install -D -m 644 $< $@
 
 # Debian's Chromium for the browser tests; Playwright drives it, never downloads one.
 chromium:
@@ -69,3 +108,4 @@ postgresql:
 
 clean:
 	rm -rf $(VENV) node_modules
+	rm -rf $(LABEXT_JS)/node_modules $(LABEXT_JS)/lib $(LABEXT_JS)/tsconfig.tsbuildinfo $(LABEXT_OUT)

@@ -80,6 +80,14 @@ c.LocalGpulabSpawner.log_dir = str(settings.log_dir / "servers")
 c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 120  # 20 servers starting at once take ~50 s on 2 cores
 c.Spawner.http_timeout = 60
+# The server's own API token (JUPYTERHUB_API_TOKEN): JupyterHub's defaults (the "server"
+# role: post activity, reach this server) plus the quota service, which the server calls to
+# start, scale and stop Dask clusters (at GPULAB_QUOTA_URL, set by the spawner).
+c.Spawner.server_token_scopes = [
+    "users:activity!user",
+    "access:servers!server",
+    "access:services!service=gpulab-quota",
+]
 
 # --- Idle culler ---------------------------------------------------------------------
 # Servers with no activity for an hour are stopped, freeing their resources.
@@ -111,7 +119,8 @@ c.GpulabQuota.default_policy = {}
 
 # The quota service (a hub-managed process) accrues GPU-hours and energy, warns users whose
 # budget or session length runs out, stops their servers after the grace period, and
-# serves /services/gpulab-quota/api/me (every user, about themselves), api/usage and
+# serves /services/gpulab-quota/api/me (every user, about themselves), api/clusters (the
+# Dask clusters a user's servers start, counted against max_dask_workers), api/usage and
 # metrics (operators). It reads this same file for the settings above.
 c.QuotaService.tick_seconds = 30
 c.QuotaService.warn_before_seconds = 15 * 60

@@ -12,6 +12,8 @@ from packaging.version import Version
 REPO = Path(__file__).resolve().parents[1]
 # Packages only conda needs to list (pip gets them another way).
 CONDA_ONLY = {"python", "nodejs", "configurable-http-proxy", "pip"}
+# conda-forge names that differ from PyPI's.
+CONDA_TO_PIP = {"pytorch": "torch"}
 
 
 def pip_requirements():
@@ -25,6 +27,7 @@ def conda_specs():
     for entry in env["dependencies"]:
         if isinstance(entry, str):
             name, _, version = entry.partition(" ")
+            name = CONDA_TO_PIP.get(name, name)
             specs[canonicalize_name(name)] = version.replace(" ", "")
     return specs
 

@@ -1,5 +1,36 @@
 """gpulab_jupyterlab: the Jupyter server extension and JupyterLab 4 sidebar of gpulab.
 
-Only the package exists so far: the REST handlers under /gpulab/ and the sidebar are
-built by the clusters issue (#5). It registers nothing with Jupyter server yet.
+The server extension adds the REST API under ``/gpulab/`` (``handlers``; described in
+``openapi.yaml``); the sidebar (TypeScript, in ``js/``) is built into ``labextension/``
+and shipped prebuilt. Clusters the server started from the sidebar stop with the server.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    return [{"module": "gpulab_jupyterlab"}]
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    return [{"src": "labextension", "dest": "gpulab-jupyterlab"}]
+
+
+def _load_jupyter_server_extension(serverapp: Any) -> None:
+    from gpulab_jupyterlab.handlers import handlers
+
+    web_app = serverapp.web_app
+    web_app.add_handlers(".*$", handlers(web_app.settings["base_url"]))
+    serverapp.log.info("gpulab: REST API under %sgpulab/", web_app.settings["base_url"])
+
+
+def _unload_jupyter_server_extension(serverapp: Any) -> None:
+    # The sidebar's clusters run in this process: they end with it, and their GPUs and
+    # workers go back to the user's allowance in the ledger.
+    from gpulab.clusters import close_owned
+
+    stopped = close_owned()
+    if stopped:
+        serverapp.log.info("gpulab: stopped %d cluster(s) with the server", stopped)

@@ -21,6 +21,13 @@ lock, so the checks and the writes of one admission can't interleave with anothe
 Either way the primary key of ``device_leases`` makes "one device twice" impossible in the
 database itself, and a partial unique index allows one open allocation per (user, server).
 
+Dask clusters. A user's server may run Dask clusters; each is a ``clusters`` row tied to
+the server's open allocation (``admit_cluster``, ``scale_cluster``, ``release_cluster``). Their
+workers count against ``Policy.max_dask_workers`` over all the user's servers, under the same
+write lock as ``admit``, so racing admissions never exceed it. Closing an allocation
+(``release``, hence reconciliation and culling too) closes its clusters in the same
+transaction, with the reason "server stopped".
+
 Clock. Every timestamp and every duration comes from the database's clock, read once per
 transaction after the write lock is held (so they are ordered like the commits), never
 from the caller's. Test hook: to make time pass, move ``granted_at`` and
@@ -34,6 +41,7 @@ import json
 import math
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -53,6 +61,7 @@ from gpulab.quota.models import (
     UTCDateTime,
     allocations,
     audit_events,
+    clusters,
     device_leases,
     metadata,
 )
@@ -65,6 +74,8 @@ T = TypeVar("T")
 _PG_LOCK_KEY = 0x6770756C61624C44
 _PG_RETRY_SQLSTATES = {"40001", "40P01", "23505"}  # serialization, deadlock, unique
 _MAX_ATTEMPTS = 8
+# The stop reason of the clusters of an allocation that closes.
+SERVER_STOPPED = "server stopped"
 BACKUP_FORMAT = "gpulab-ledger"
 BACKUP_VERSION = 1
 
@@ -95,6 +106,48 @@ class QuotaDenied(Exception):
     @property
     def log_message(self) -> str:
         return f"quota denied ({self.reason}): {self.message} {json.dumps(self.detail)}"
+
+
+class ClusterDenied(QuotaDenied):
+    """A Dask cluster the quota refuses (to start or to grow).
+
+    Reasons: "max_dask_workers" (403: the user's open clusters' workers plus this request
+    exceed ``Policy.max_dask_workers``), "devices" (403: devices the server's allocation does
+    not hold, or that another open cluster of that server uses), "no_server" (409: the user
+    has no open allocation for that server), "cluster_exists" (409: an open cluster has that
+    key with other numbers). ``limit`` is the user's ``max_dask_workers`` (None: no limit) and
+    ``in_use`` the workers of the user's open clusters, at the time of the decision.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        status_code: int = 403,
+        detail: Mapping[str, Any] | None = None,
+        limit: int | None,
+        in_use: int,
+    ):
+        super().__init__(message, reason=reason, status_code=status_code, detail=detail)
+        self.limit = limit
+        self.in_use = in_use
+
+
+class ClusterRequestError(ValueError):
+    """A cluster argument is invalid (a caller's mistake, nothing recorded); ``field`` names
+    it ("key", "workers", "gpus", "devices", ...), as does the message."""
+
+    def __init__(self, message: str, *, field: str):
+        super().__init__(message)
+        self.field = field
+
+
+class UnknownCluster(KeyError):
+    """The user has no open cluster with that key."""
+
+    def __str__(self) -> str:  # KeyError's str() would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
@@ -142,6 +195,59 @@ class AuditEvent:
     allocation_id: int | None
     reason: str | None
     detail: dict | None
+
+
+@dataclass(frozen=True)
+class Cluster:
+    id: int
+    user: str
+    server: str
+    key: str  # the client's id of the cluster
+    name: str
+    workers: int
+    gpus: int
+    devices: tuple[str, ...]
+    allocation_id: int  # the allocation of the server it runs in
+    started_at: datetime
+    stopped_at: datetime | None
+    stop_reason: str | None
+
+    @property
+    def is_open(self) -> bool:
+        return self.stopped_at is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "key": self.key,
+            "user": self.user,
+            "server": self.server,
+            "name": self.name,
+            "workers": self.workers,
+            "gpus": self.gpus,
+            "devices": list(self.devices),
+            "allocation_id": self.allocation_id,
+            "started_at": self.started_at.isoformat(),
+            "stopped_at": None if self.stopped_at is None else self.stopped_at.isoformat(),
+            "stop_reason": self.stop_reason,
+        }
+
+
+def _cluster(row) -> Cluster:
+    return Cluster(
+        id=row.id,
+        user=row.user,
+        server=row.server,
+        key=row.key,
+        name=row.name,
+        workers=row.workers,
+        gpus=row.gpus,
+        devices=tuple(row.devices or ()),
+        allocation_id=row.allocation_id,
+        started_at=row.started_at,
+        stopped_at=row.stopped_at,
+        stop_reason=row.stop_reason,
+    )
 
 
 def _allocation(row) -> Allocation:
@@ -192,6 +298,108 @@ def _check_devices(devices: Sequence[str]) -> list[str]:
     for uuid in unique:
         _check_name("each of devices", uuid)
     return unique
+
+
+_CLUSTER_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+# A sanity bound on a cluster's workers and GPUs (the policy is the real limit): keeps
+# numbers inside the database's INTEGER.
+MAX_CLUSTER_WORKERS = 100_000
+
+
+def _check_whole(field: str, value: object, minimum: int) -> int:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not minimum <= value <= MAX_CLUSTER_WORKERS
+    ):
+        raise ClusterRequestError(
+            f"{field} must be a whole number from {minimum} to {MAX_CLUSTER_WORKERS}, "
+            f"not {value!r:.40}",
+            field=field,
+        )
+    return value
+
+
+def _check_cluster_text(field: str, value: object, *, empty_ok: bool = False) -> str:
+    try:
+        return _check_name(field, value, empty_ok=empty_ok)
+    except ValueError as e:
+        raise ClusterRequestError(str(e), field=field) from None
+
+
+def check_cluster_key(key: object) -> str:
+    """``key`` if it is a valid cluster key (1 to 64 of ``A-Z a-z 0-9 _ -``), else
+    ``ClusterRequestError`` naming "key"."""
+    if not isinstance(key, str) or not _CLUSTER_KEY.fullmatch(key):
+        raise ClusterRequestError(
+            f"key must be 1 to 64 letters, digits, '_' or '-', not {key!r:.80}", field="key"
+        )
+    return key
+
+
+def _check_cluster_devices(devices: object, gpus: int) -> list[str]:
+    must = "devices must be a list of the device UUIDs the cluster's workers use"
+    if isinstance(devices, str | bytes) or not isinstance(devices, Sequence):
+        raise ClusterRequestError(f"{must}, not {devices!r:.80}", field="devices")
+    for uuid in devices:
+        if not isinstance(uuid, str) or not uuid or len(uuid) > 255:
+            raise ClusterRequestError(
+                f"{must}: each a string of at most 255 characters, not {uuid!r:.80}",
+                field="devices",
+            )
+    if len(set(devices)) != len(devices):
+        raise ClusterRequestError(f"{must}, each once: {list(devices)!r:.200}", field="devices")
+    if len(devices) != gpus:
+        raise ClusterRequestError(
+            f"gpus must be the number of devices ({len(devices)}), not {gpus!r}", field="gpus"
+        )
+    return list(devices)
+
+
+def _check_max_workers(max_workers: object) -> int | None:
+    if max_workers is None:
+        return None
+    if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 0:
+        raise ClusterRequestError(
+            f"max_workers must be a whole number >= 0 or None, not {max_workers!r}",
+            field="max_workers",
+        )
+    return max_workers
+
+
+def _server_name(server: str) -> str:
+    return f"server {server!r}" if server else "your default server"
+
+
+def _clusters_in_use(rows) -> str:
+    """The clusters holding workers, as " (cluster 'prep': 4)", " (clusters 'prep': 4,
+    'x': 2)", or "" when there are none."""
+    rows = [row for row in rows if row.workers]
+    if not rows:
+        return ""
+    listed = ", ".join(f"{row.name!r}: {row.workers}" for row in rows)
+    return f" (cluster{'s' if len(rows) > 1 else ''} {listed})"
+
+
+def _workers_denial(asks: str, limit: int, others: list, other_use: str = "") -> str:
+    """The message of a "max_dask_workers" denial: the limit and what holds it now."""
+    if limit == 0:
+        return (
+            "Dask workers: your limit is 0, so you may not run Dask clusters; "
+            "ask an operator for a Dask worker quota."
+        )
+    in_use = sum(row.workers for row in others)
+    advice = (
+        "Stop or scale down a cluster, or ask for fewer workers."
+        if in_use
+        else "Ask for fewer workers."
+    )
+    return (
+        f"Dask workers: {asks} but your limit is {limit} at once and {in_use} "
+        f"{'is' if in_use == 1 else 'are'} in use{other_use}{_clusters_in_use(others)}. {advice}"
+    )
 
 
 def _human_duration(seconds: float) -> str:
@@ -468,7 +676,8 @@ class Ledger:
         The audit action is ``culled`` for enforcement reasons (``CULL_REASONS``), else
         ``released``. Releasing a closed allocation changes nothing and returns it (the hub
         may release from several paths). ``energy_joules``: a last energy delta to add.
-        Unknown ids raise KeyError.
+        Unknown ids raise KeyError. The allocation's open Dask clusters close with it, in
+        the same transaction (reason "server stopped", each audited ``cluster_released``).
         """
         reason = _check_name("reason", reason)
         extra = _check_energy(energy_joules) if energy_joules is not None else 0.0
@@ -495,6 +704,7 @@ class Ledger:
             conn.execute(delete(device_leases).where(device_leases.c.allocation_id == row.id))
             action = "culled" if reason in CULL_REASONS else "released"
             self._audit(conn, now, action, row.user, row.id, actor, reason, None)
+            self._close_clusters(conn, now, row.id, actor)
             return self._get(conn, allocation_id)
 
         return self._write(close)
@@ -563,6 +773,304 @@ class Ledger:
                 detail=detail,
             )
         ).inserted_primary_key[0]
+
+    # Dask clusters --------------------------------------------------------------------
+
+    def admit_cluster(
+        self,
+        *,
+        user: str,
+        server: str,
+        key: str,
+        name: str,
+        workers: int,
+        gpus: int,
+        devices: Sequence[str],
+        max_workers: int | None,
+        actor: str | None = None,
+    ) -> Cluster:
+        """Record a Dask cluster of ``workers`` workers that ``user`` starts in ``server``
+        (its workers using ``devices``, ``gpus`` of them, from that server's allocation).
+
+        ``key``: the client's id of the cluster (1 to 64 of ``A-Z a-z 0-9 _ -``); ``name``:
+        what to call it in messages ("" means the key); ``max_workers``: the user's
+        ``Policy.max_dask_workers`` (None: no limit).
+
+        Checks, in order: the arguments (``ClusterRequestError`` naming the field, nothing
+        recorded); an open cluster with that key (the same server and numbers: that cluster
+        is returned, nothing recorded; other numbers: 409 "cluster_exists"); the server's
+        open allocation (409 "no_server"); the user's open clusters' workers plus
+        ``workers`` within ``max_workers`` (403 "max_dask_workers"); ``devices`` held by
+        the allocation (403 "devices") and not used by another open cluster of the server
+        (403 "devices"). A refusal raises :class:`ClusterDenied` after committing a
+        ``cluster_denied`` audit event; a grant commits the row and a ``cluster_granted``
+        event together.
+        """
+        user = _check_cluster_text("user", user)
+        server = _check_cluster_text("server", server, empty_ok=True)
+        key = check_cluster_key(key)
+        name = _check_cluster_text("name", name, empty_ok=True) or key
+        workers = _check_whole("workers", workers, 1)
+        gpus = _check_whole("gpus", gpus, 0)
+        devices = _check_cluster_devices(devices, gpus)
+        max_workers = _check_max_workers(max_workers)
+        request = {
+            "key": key,
+            "name": name,
+            "server": server,
+            "workers": workers,
+            "gpus": gpus,
+            "devices": devices,
+        }
+
+        def decide(conn: Connection, now: datetime) -> Cluster | ClusterDenied:
+            mine = self._open_cluster_rows(conn, user)
+            in_use = sum(row.workers for row in mine)
+
+            def deny(reason, message, status_code=403, allocation_id=None) -> ClusterDenied:
+                detail = request | {"op": "start", "limit": max_workers, "in_use": in_use}
+                self._audit(
+                    conn,
+                    now,
+                    "cluster_denied",
+                    user,
+                    allocation_id,
+                    actor,
+                    reason,
+                    detail | {"message": message},
+                )
+                return ClusterDenied(
+                    message,
+                    reason=reason,
+                    status_code=status_code,
+                    detail=detail,
+                    limit=max_workers,
+                    in_use=in_use,
+                )
+
+            same_key = next((row for row in mine if row.key == key), None)
+            if same_key is not None:
+                numbers = (same_key.server, same_key.workers, sorted(same_key.devices or ()))
+                if numbers == (server, workers, sorted(devices)):
+                    return _cluster(same_key)  # a retry of the same request
+                return deny(
+                    "cluster_exists",
+                    f"cluster {key!r} is already running in "
+                    f"{_server_name(same_key.server)} with "
+                    f"{_plural(same_key.workers, 'worker')}; scale it or stop it first",
+                    409,
+                    same_key.allocation_id,
+                )
+            allocation = conn.execute(
+                select(allocations).where(
+                    allocations.c.user == user,
+                    allocations.c.server == server,
+                    allocations.c.ended_at.is_(None),
+                )
+            ).first()
+            if allocation is None:
+                return deny(
+                    "no_server",
+                    f"{_server_name(server)} is not running; start it before starting a "
+                    "Dask cluster in it",
+                    409,
+                )
+            if max_workers is not None and in_use + workers > max_workers:
+                return deny(
+                    "max_dask_workers",
+                    _workers_denial(f"this cluster asks for {workers}", max_workers, mine),
+                    allocation_id=allocation.id,
+                )
+            held = list(allocation.device_uuids or ())
+            outside = [uuid for uuid in devices if uuid not in held]
+            if outside:
+                holds = f"it holds {', '.join(held)}" if held else "it holds no GPUs"
+                return deny(
+                    "devices",
+                    f"{_server_name(server)} was not allocated {', '.join(outside)} ({holds}); "
+                    "a cluster may use only its server's devices",
+                    allocation_id=allocation.id,
+                )
+            for row in mine:
+                shared = [uuid for uuid in devices if uuid in (row.devices or ())]
+                if row.allocation_id == allocation.id and shared:
+                    return deny(
+                        "devices",
+                        f"{', '.join(shared)} {'is' if len(shared) == 1 else 'are'} already "
+                        f"used by cluster {row.name!r} of {_server_name(server)}; stop it or "
+                        "use other devices",
+                        allocation_id=allocation.id,
+                    )
+            cluster_id = conn.execute(
+                insert(clusters).values(
+                    user=user,
+                    server=server,
+                    key=key,
+                    name=name,
+                    workers=workers,
+                    gpus=gpus,
+                    devices=devices,
+                    allocation_id=allocation.id,
+                    started_at=now,
+                )
+            ).inserted_primary_key[0]
+            self._audit(
+                conn,
+                now,
+                "cluster_granted",
+                user,
+                allocation.id,
+                actor,
+                None,
+                request | {"cluster_id": cluster_id},
+            )
+            return self._get_cluster(conn, cluster_id)
+
+        decision = self._write(decide)
+        if isinstance(decision, ClusterDenied):
+            raise decision
+        return decision
+
+    def scale_cluster(
+        self,
+        user: str,
+        key: str,
+        workers: int,
+        *,
+        max_workers: int | None,
+        actor: str | None = None,
+    ) -> Cluster:
+        """Set the workers of ``user``'s open cluster ``key`` (0 or more) and return it.
+
+        Growing is checked like ``admit_cluster``: the user's other open clusters' workers
+        plus ``workers`` within ``max_workers`` (else :class:`ClusterDenied`
+        "max_dask_workers", audited ``cluster_denied``). Shrinking is always allowed (also
+        above a limit an operator lowered). A change is audited ``cluster_scaled``; the same
+        number changes nothing. No such open cluster: :class:`UnknownCluster`. Bad
+        arguments: ``ClusterRequestError``, nothing recorded.
+        """
+        user = _check_cluster_text("user", user)
+        key = check_cluster_key(key)
+        workers = _check_whole("workers", workers, 0)
+        max_workers = _check_max_workers(max_workers)
+
+        def run(conn: Connection, now: datetime) -> Cluster | ClusterDenied:
+            mine = self._open_cluster_rows(conn, user)
+            row = next((r for r in mine if r.key == key), None)
+            if row is None:
+                raise UnknownCluster(f"you have no running cluster {key!r}")
+            others = [r for r in mine if r.id != row.id]
+            in_use = sum(r.workers for r in mine)
+            detail = {"key": key, "name": row.name, "cluster_id": row.id, "server": row.server}
+            detail |= {"from": row.workers, "workers": workers}
+            if (
+                workers > row.workers
+                and max_workers is not None
+                and sum(r.workers for r in others) + workers > max_workers
+            ):
+                message = _workers_denial(
+                    f"cluster {row.name!r} asks to scale to {workers}",
+                    max_workers,
+                    others,
+                    " by your other clusters",
+                )
+                detail |= {"op": "scale", "limit": max_workers, "in_use": in_use}
+                self._audit(
+                    conn,
+                    now,
+                    "cluster_denied",
+                    user,
+                    row.allocation_id,
+                    actor,
+                    "max_dask_workers",
+                    detail | {"message": message},
+                )
+                return ClusterDenied(
+                    message,
+                    reason="max_dask_workers",
+                    detail=detail,
+                    limit=max_workers,
+                    in_use=in_use,
+                )
+            if workers != row.workers:
+                conn.execute(
+                    update(clusters).where(clusters.c.id == row.id).values(workers=workers)
+                )
+                self._audit(
+                    conn, now, "cluster_scaled", user, row.allocation_id, actor, None, detail
+                )
+            return self._get_cluster(conn, row.id)
+
+        decision = self._write(run)
+        if isinstance(decision, ClusterDenied):
+            raise decision
+        return decision
+
+    def release_cluster(
+        self, user: str, key: str, *, reason: str, actor: str | None = None
+    ) -> Cluster | None:
+        """Close ``user``'s open cluster ``key``, audited ``cluster_released`` with ``reason``;
+        returns it closed. Idempotent: with no such open cluster (never started, or closed
+        already) nothing changes and it returns None."""
+        user = _check_cluster_text("user", user)
+        key = check_cluster_key(key)
+        reason = _check_cluster_text("reason", reason)
+
+        def run(conn: Connection, now: datetime) -> Cluster | None:
+            row = conn.execute(
+                select(clusters).where(
+                    clusters.c.user == user, clusters.c.key == key, clusters.c.stopped_at.is_(None)
+                )
+            ).first()
+            if row is None:
+                return None
+            self._stop_cluster(conn, now, row, reason, actor)
+            return self._get_cluster(conn, row.id)
+
+        return self._write(run)
+
+    def open_clusters(self, user: str | None = None, server: str | None = None) -> list[Cluster]:
+        """Open clusters, oldest first: everyone's, ``user``'s, or those of one server."""
+        query = select(clusters).where(clusters.c.stopped_at.is_(None))
+        if user is not None:
+            query = query.where(clusters.c.user == user)
+        if server is not None:
+            query = query.where(clusters.c.server == server)
+        with self._transaction(write=False) as (conn, _):
+            return [_cluster(row) for row in conn.execute(query.order_by(clusters.c.id))]
+
+    def _open_cluster_rows(self, conn: Connection, user: str) -> list:
+        query = select(clusters).where(clusters.c.user == user, clusters.c.stopped_at.is_(None))
+        return list(conn.execute(query.order_by(clusters.c.id)))
+
+    def _get_cluster(self, conn: Connection, cluster_id: int) -> Cluster:
+        return _cluster(conn.execute(select(clusters).where(clusters.c.id == cluster_id)).one())
+
+    def _stop_cluster(self, conn, now, row, reason: str, actor: str | None) -> None:
+        conn.execute(
+            update(clusters)
+            .where(clusters.c.id == row.id)
+            .values(stopped_at=now, stop_reason=reason)
+        )
+        detail = {"key": row.key, "name": row.name, "cluster_id": row.id, "server": row.server}
+        self._audit(
+            conn,
+            now,
+            "cluster_released",
+            row.user,
+            row.allocation_id,
+            actor,
+            reason,
+            detail | {"workers": row.workers},
+        )
+
+    def _close_clusters(self, conn, now, allocation_id: int, actor: str | None) -> None:
+        """Close the open clusters of a closing allocation (its server stopped)."""
+        query = select(clusters).where(
+            clusters.c.allocation_id == allocation_id, clusters.c.stopped_at.is_(None)
+        )
+        for row in conn.execute(query.order_by(clusters.c.id)).all():
+            self._stop_cluster(conn, now, row, SERVER_STOPPED, actor)
 
     # policies set by operators ----------------------------------------------------------
 
@@ -745,13 +1253,17 @@ class Ledger:
 
     def verify(self) -> list[str]:
         """Consistency problems (an empty list when there are none): every open allocation
-        leases exactly its devices, closed ones lease none, and counts match."""
+        leases exactly its devices, closed ones lease none, and counts match; every open
+        cluster belongs to an open allocation of its user and server and uses only that
+        allocation's devices, none of them shared with another open cluster."""
         problems = []
         with self._transaction(write=False) as (conn, _):
             leases: dict[int, set[str]] = {}
             for uuid, allocation_id in conn.execute(select(device_leases)):
                 leases.setdefault(allocation_id, set()).add(uuid)
+            by_id = {}
             for row in conn.execute(select(allocations)):
+                by_id[row.id] = row
                 devices = set(row.device_uuids or ())
                 held = leases.pop(row.id, set())
                 if len(devices) != row.gpus or len(row.device_uuids or ()) != row.gpus:
@@ -761,8 +1273,43 @@ class Ledger:
                 if row.ended_at is not None and held:
                     problems.append(f"closed allocation {row.id} still leases {held}")
             problems += [f"leases {v} of unknown allocation {k}" for k, v in leases.items()]
+            problems += self._cluster_problems(conn, by_id)
             for row in conn.execute(select(overrides_table)):
                 problems += _override_problems(row.level, row.name, row.config)
+        return problems
+
+    @staticmethod
+    def _cluster_problems(conn: Connection, allocations_by_id: Mapping[int, Any]) -> list[str]:
+        problems = []
+        used: dict[tuple[int, str], int] = {}  # (allocation, device) -> open cluster
+        for row in conn.execute(select(clusters).order_by(clusters.c.id)):
+            devices = list(row.devices or ())
+            if len(devices) != row.gpus or len(set(devices)) != len(devices):
+                problems.append(f"cluster {row.id}: {row.gpus} GPUs but devices {devices}")
+            if row.stopped_at is not None:
+                continue
+            allocation = allocations_by_id.get(row.allocation_id)
+            if allocation is None or allocation.ended_at is not None:
+                problems.append(
+                    f"open cluster {row.id} belongs to allocation {row.allocation_id}, "
+                    "which is not open"
+                )
+                continue
+            if (allocation.user, allocation.server) != (row.user, row.server):
+                problems.append(
+                    f"open cluster {row.id} of {row.user}/{row.server} belongs to allocation "
+                    f"{allocation.id} of {allocation.user}/{allocation.server}"
+                )
+            outside = set(devices) - set(allocation.device_uuids or ())
+            if outside:
+                problems.append(
+                    f"open cluster {row.id} uses {sorted(outside)}, not in allocation "
+                    f"{allocation.id}"
+                )
+            for uuid in devices:
+                other = used.setdefault((row.allocation_id, uuid), row.id)
+                if other != row.id:
+                    problems.append(f"open clusters {other} and {row.id} both use {uuid}")
         return problems
 
     # backup ---------------------------------------------------------------------------
@@ -770,7 +1317,8 @@ class Ledger:
     def backup(self, path: str | os.PathLike) -> dict[str, int]:
         """Write every table, from one snapshot, to a JSON file (atomically replaced).
         Returns the row count of allocations, device_leases and audit_events, and of
-        policy_overrides when there are any (the count's keys predate that table)."""
+        policy_overrides and clusters when there are any (the count's keys predate those
+        tables)."""
         with self._transaction(write=False) as (conn, now):
             tables = {
                 table.name: [
@@ -797,8 +1345,8 @@ class Ledger:
     def restore(self, path: str | os.PathLike, *, replace: bool = False) -> dict[str, int]:
         """Load a :meth:`backup` file in one transaction. An empty ledger is required
         unless ``replace``, which deletes what is there first. Returns the row counts (as
-        :meth:`backup`). A file without ``policy_overrides`` (written before that table)
-        restores no overrides; overrides that don't validate refuse the whole file."""
+        :meth:`backup`). A file without ``policy_overrides`` or ``clusters`` (written before
+        those tables) restores none; overrides that don't validate refuse the whole file."""
         with open(path, encoding="utf-8") as f:
             document = json.load(f)
         if not isinstance(document, dict) or document.get("format") != BACKUP_FORMAT:
@@ -806,7 +1354,7 @@ class Ledger:
         if document.get("version") != BACKUP_VERSION:
             raise ValueError(f"{path}: unsupported backup version {document.get('version')!r}")
         tables = {t.name: t for t in _BACKUP_TABLES}
-        optional = {overrides_table.name}
+        optional = {overrides_table.name, clusters.name}
         try:
             rows = {
                 name: [
@@ -828,13 +1376,13 @@ class Ledger:
             )
             if present and not replace:
                 raise ValueError("the ledger is not empty; restore with replace=True to overwrite")
-            for table in (device_leases, allocations, audit_events, overrides_table):
+            for table in (clusters, device_leases, allocations, audit_events, overrides_table):
                 conn.execute(delete(table))
             for table in _BACKUP_TABLES:
                 if rows[table.name]:
                     conn.execute(insert(table), rows[table.name])
             if self.backend == "postgresql":
-                for table in (allocations, audit_events):
+                for table in (allocations, audit_events, clusters):
                     conn.execute(
                         text(
                             f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
@@ -846,13 +1394,15 @@ class Ledger:
         return self._write(run)
 
 
-_BACKUP_TABLES = (allocations, device_leases, audit_events, overrides_table)
+# In insertion order: a cluster refers to its allocation.
+_BACKUP_TABLES = (allocations, device_leases, audit_events, overrides_table, clusters)
 
 
 def _counts(tables: Mapping[str, list]) -> dict[str, int]:
     counts = {name: len(rows) for name, rows in tables.items()}
-    if not counts.get(overrides_table.name):
-        counts.pop(overrides_table.name, None)
+    for optional in (overrides_table.name, clusters.name):
+        if not counts.get(optional):
+            counts.pop(optional, None)
     return counts
 
 

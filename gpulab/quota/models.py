@@ -10,6 +10,11 @@
   user), ``config`` the level's config dict (``PolicyLevel.to_config()`` form). They win over
   the config file's policies, field by field (``PolicySet.with_overrides``); every change is
   audited as ``limit_changed``.
+- ``clusters``: one row per Dask cluster a user started from a server (``Ledger.admit_cluster``);
+  ``stopped_at`` is NULL while it is open. ``key`` is the client's id of the cluster (unique
+  among the user's open clusters), ``allocation_id`` the allocation of the server it runs in,
+  ``devices`` the device UUIDs of that allocation its workers use. Open clusters count
+  against ``Policy.max_dask_workers``; closing the server's allocation closes them.
 
 Timestamps are UTC. On PostgreSQL they are ``timestamptz``; on SQLite, text in UTC
 (``YYYY-MM-DD HH:MM:SS.ffffff``) without an offset. :class:`UTCDateTime` turns both into
@@ -44,8 +49,21 @@ from sqlalchemy.types import TypeDecorator
 # Audit actions. ``granted``/``denied`` are admission decisions; ``released``/``culled``
 # close an allocation (``culled`` when the reason is an enforcement, see CULL_REASONS);
 # the rest are recorded by other parts of gpulab through ``Ledger.record_event``.
+# ``cluster_*`` are the Dask clusters' decisions and changes (``Ledger.admit_cluster`` ...).
 ACTIONS = frozenset(
-    {"granted", "denied", "released", "culled", "reconciled", "warned", "limit_changed"}
+    {
+        "granted",
+        "denied",
+        "released",
+        "culled",
+        "reconciled",
+        "warned",
+        "limit_changed",
+        "cluster_granted",
+        "cluster_denied",
+        "cluster_scaled",
+        "cluster_released",
+    }
 )
 # Release reasons that are enforcement (the user didn't ask): audited as ``culled``.
 CULL_REASONS = frozenset({"culled", "idle", "gpu_idle", "budget", "session_limit"})
@@ -169,10 +187,44 @@ class PolicyOverrideRow(Base):
     changed_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
+class ClusterRow(Base):
+    __tablename__ = "clusters"
+    __table_args__ = (
+        Index("ix_clusters_user_stopped_at", "user", "stopped_at"),
+        Index("ix_clusters_allocation_id_stopped_at", "allocation_id", "stopped_at"),
+        # One open cluster per (user, key): the client's id names one cluster at a time.
+        Index(
+            "uq_clusters_open_key",
+            "user",
+            "key",
+            unique=True,
+            sqlite_where=text("stopped_at IS NULL"),
+            postgresql_where=text("stopped_at IS NULL"),
+        ),
+        CheckConstraint("workers >= 0", name="workers"),
+        CheckConstraint("gpus >= 0", name="gpus"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user: Mapped[str] = mapped_column(String(255))
+    server: Mapped[str] = mapped_column(String(255), default="")
+    key: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(255))
+    workers: Mapped[int] = mapped_column(Integer)
+    gpus: Mapped[int] = mapped_column(Integer)
+    devices: Mapped[list] = mapped_column(JSONText, default=list)
+    allocation_id: Mapped[int] = mapped_column(ForeignKey("allocations.id"))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    stop_reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+
 allocations = AllocationRow.__table__
 device_leases = DeviceLeaseRow.__table__
 audit_events = AuditEventRow.__table__
 policy_overrides = PolicyOverrideRow.__table__
+clusters = ClusterRow.__table__
 metadata = Base.metadata
 
 # Append-only, enforced by the database: an UPDATE of an audit event fails. (DELETE stays

@@ -9,8 +9,10 @@ from gpulab.quota.policy import Policy
 
 
 def user_report(ledger: Ledger, name: str, policy: Policy, warnings: Iterable) -> dict:
-    """What ``name`` may use, has used in the policy's window, holds now, and is warned of."""
+    """What ``name`` may use, has used in the policy's window, holds now (allocations and
+    Dask clusters), and is warned of."""
     usage = ledger.usage(name, since_seconds_ago=policy.window_seconds)
+    clusters = ledger.open_clusters(name)
     budget_left = None
     if policy.gpu_hours is not None:
         budget_left = (policy.gpu_hours * 3600 - usage.gpu_seconds) / 3600
@@ -36,6 +38,11 @@ def user_report(ledger: Ledger, name: str, policy: Policy, warnings: Iterable) -
             for a in ledger.open_allocations(name)
         ],
         "warnings": [w.to_json() for w in warnings],
+        "clusters": [c.to_json() for c in clusters],
+        "dask_workers": {
+            "limit": policy.max_dask_workers,
+            "in_use": sum(c.workers for c in clusters),
+        },
     }
 
 

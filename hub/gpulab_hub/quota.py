@@ -26,6 +26,10 @@ from gpulab.quota.ledger import Ledger
 from gpulab.quota.policy import OVERRIDE_LEVELS, Policy, PolicySet
 from gpulab.quota.profiles import Capacity, Profile
 
+# The name of the quota service in c.JupyterHub.services (its URL prefix is
+# /services/gpulab-quota/).
+QUOTA_SERVICE_NAME = "gpulab-quota"
+
 
 class GpulabQuota(SingletonConfigurable):
     ledger_url = Unicode(

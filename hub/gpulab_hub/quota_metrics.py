@@ -1,8 +1,8 @@
 """Prometheus metrics of the quota service, rendered from the ledger at each scrape.
 
 Label cardinality stays bounded: admissions are labelled by result and a short reason
-code, usage by JupyterHub group (a user in several groups counts under the first, by
-name; users in none under "none"), never by user or device.
+code, usage and open Dask workers by JupyterHub group (a user in several groups counts
+under the first, by name; users in none under "none"), never by user or device.
 """
 
 from __future__ import annotations
@@ -39,11 +39,32 @@ def render_metrics(service) -> bytes:
     )
     by_group: dict[str, list[float]] = {}
     for user, (seconds, joules) in quota.ledger.totals_by_user().items():
-        groups = sorted(service.groups.get(user, []))
-        totals = by_group.setdefault(groups[0] if groups else "none", [0.0, 0.0])
+        totals = by_group.setdefault(_group_of(service, user), [0.0, 0.0])
         totals[0] += seconds
         totals[1] += joules
     for group, (seconds, joules) in by_group.items():
         gpu_seconds.labels(group).set(seconds)
         energy.labels(group).set(joules)
+
+    open_clusters = quota.ledger.open_clusters()
+    Gauge("gpulab_dask_clusters", "Dask clusters open now", registry=registry).set(
+        len(open_clusters)
+    )
+    dask_workers = Gauge(
+        "gpulab_dask_workers",
+        "Dask workers of open clusters, by group",
+        ["group"],
+        registry=registry,
+    )
+    workers_by_group: dict[str, int] = {}
+    for cluster in open_clusters:
+        group = _group_of(service, cluster.user)
+        workers_by_group[group] = workers_by_group.get(group, 0) + cluster.workers
+    for group, workers in workers_by_group.items():
+        dask_workers.labels(group).set(workers)
     return generate_latest(registry)
+
+
+def _group_of(service, user: str) -> str:
+    groups = sorted(service.groups.get(user, []))
+    return groups[0] if groups else "none"

@@ -13,7 +13,21 @@ every ``tick_seconds``:
 Its API, under the service's prefix (``/services/gpulab-quota/``), authenticated by the hub
 (a token or the hub's OAuth login):
 
-- ``GET api/me``: the caller's allocations, usage, limits, budget left and warnings;
+- ``GET api/me``: the caller's allocations, usage, limits, budget left, warnings, open
+  Dask clusters (``clusters``) and ``dask_workers`` (``{"limit": n or null, "in_use": n}``);
+- ``GET api/clusters``: ``{"clusters": [...]}``, the caller's open Dask clusters (operators
+  may add ``?user=NAME``);
+- ``POST api/clusters`` with ``{"key", "server", "name", "workers", "gpus", "devices"}``
+  (``key`` and ``workers`` required; ``server`` "" is the default server): record a Dask
+  cluster the caller starts in one of their running servers, counted against their
+  ``max_dask_workers`` over all their servers. 201 ``{"cluster": {...}}``; 400
+  ``{"message", "field"}`` for a bad or unknown field (nothing recorded); 403 for the
+  limit or devices the server does not hold, 409 when that server is not running or the
+  key is taken, each ``{"message", "reason", "limit", "in_use"}`` (audited);
+- ``PATCH api/clusters/KEY`` with ``{"workers": n}``: scale it (growing is checked against
+  the limit, shrinking never refused): 200 ``{"cluster": {...}}``, 400, 403, 404;
+- ``DELETE api/clusters/KEY``: the cluster stopped: 204, or 404 when the caller has no such
+  open cluster. Stopping a server closes its clusters;
 - ``GET api/usage?since=7d``: everyone's usage (operators: hub admins);
 - ``GET api/policies``: the policies: the config file's, the operators' overrides kept in
   the ledger, and the merged result (operators);
@@ -47,17 +61,28 @@ from traitlets.config import Configurable
 from traitlets.config.loader import PyFileConfigLoader
 
 from gpulab.quota.accountant import Accountant
-from gpulab.quota.policy import PolicyError
+from gpulab.quota.ledger import ClusterDenied, ClusterRequestError, UnknownCluster
+from gpulab.quota.policy import Policy, PolicyError
 from gpulab.quota.reports import usage_report, user_report
 from gpulab.units import parse_duration
-from gpulab_hub.quota import GpulabQuota
+from gpulab_hub.quota import QUOTA_SERVICE_NAME, GpulabQuota
 from gpulab_hub.quota_metrics import render_metrics
 
-SERVICE_NAME = "gpulab-quota"
+SERVICE_NAME = QUOTA_SERVICE_NAME
 OPERATOR_SCOPE = "custom:gpulab:operate"
 MAX_POLICY_BODY = 16 * 1024  # bytes of a PUT api/policies body; more is a 413
-# The server refuses larger bodies outright (the API's only bodies are policies).
+MAX_CLUSTER_BODY = 16 * 1024  # bytes of a POST or PATCH api/clusters body; more is a 413
+# The server refuses larger bodies outright (the API's bodies are policies and clusters).
 MAX_REQUEST_BODY = 1024 * 1024
+# The fields of a POST api/clusters body, and their defaults (None: required).
+CLUSTER_FIELDS = {
+    "key": None,
+    "server": "",
+    "name": "",
+    "workers": None,
+    "gpus": 0,
+    "devices": (),
+}
 
 
 class QuotaService(Configurable):
@@ -137,6 +162,17 @@ class HubClient:
         )
 
 
+class ApiError(web.HTTPError):
+    """An expected refusal, answered as ``{"status", "message", **extra}`` (e.g. the
+    ``field`` of a 400, the ``reason``, ``limit`` and ``in_use`` of a quota denial) and
+    logged as one warning line, without a traceback."""
+
+    def __init__(self, status_code: int, message: str, **extra):
+        super().__init__(status_code, "%s", message)
+        self.message = message
+        self.extra = extra
+
+
 class QuotaHandler(HubOAuthenticated, web.RequestHandler):
     def initialize(self, service: Service):
         self.service = service
@@ -159,6 +195,9 @@ class QuotaHandler(HubOAuthenticated, web.RequestHandler):
     def write_error(self, status_code, **kwargs):
         reason = self._reason
         error = kwargs.get("exc_info", (None, None))[1]
+        if isinstance(error, ApiError):
+            body = {"status": status_code, "message": error.message, **error.extra}
+            return self.write_json(body, status_code)
         if isinstance(error, web.HTTPError) and error.log_message:
             reason = error.log_message
         self.write_json({"status": status_code, "message": reason}, status_code)
@@ -170,6 +209,20 @@ class QuotaHandler(HubOAuthenticated, web.RequestHandler):
     def require_operator(self, what: str) -> None:
         if not self.is_operator():
             raise web.HTTPError(403, f"only operators (hub admins or {OPERATOR_SCOPE}) may {what}")
+
+    async def caller_groups(self) -> list[str]:
+        """The caller's JupyterHub groups: from their identity when the token may read them,
+        else asked of the hub (with the service's token)."""
+        name = self.current_user["name"]
+        return self.current_user.get("groups") or await self.service.hub.user_groups(name)
+
+    async def caller_policy(self) -> Policy:
+        """The caller's resolved policy, as ``api/me`` shows it (config < overrides, with
+        their groups)."""
+        groups = await self.caller_groups()
+        return await asyncio.to_thread(
+            self.service.quota.policy_for, self.current_user["name"], groups
+        )
 
     def _token_header(self) -> bool:
         """Whether the request carries a token in its Authorization header."""
@@ -199,7 +252,7 @@ class IndexHandler(QuotaHandler):
     @web.authenticated
     def get(self):
         prefix = self.settings["service_prefix"]
-        endpoints = {"me": f"{prefix}api/me"}
+        endpoints = {"me": f"{prefix}api/me", "clusters": f"{prefix}api/clusters"}
         if self.is_operator():
             endpoints |= {
                 "usage": f"{prefix}api/usage",
@@ -213,8 +266,100 @@ class MeHandler(QuotaHandler):
     @web.authenticated
     async def get(self):
         name = self.current_user["name"]
-        groups = self.current_user.get("groups") or await self.service.hub.user_groups(name)
-        self.write_json(self.service.report_for(name, groups))
+        groups = await self.caller_groups()
+        self.write_json(await asyncio.to_thread(self.service.report_for, name, groups))
+
+
+class ClusterBaseHandler(QuotaHandler):
+    """The caller's Dask clusters, counted in the ledger (``Ledger.admit_cluster`` ...):
+    a handler parses the body, makes one ledger call and shapes its answer."""
+
+    def json_body(self, fields: dict) -> dict:
+        """The body as a JSON object of ``fields`` (name -> default; None: required)."""
+        if len(self.request.body) > MAX_CLUSTER_BODY:
+            raise web.HTTPError(413, f"a cluster body is at most {MAX_CLUSTER_BODY} bytes")
+        try:
+            body = json.loads(self.request.body, parse_constant=_no_constant)
+        except ValueError as e:  # also UnicodeDecodeError
+            raise ApiError(400, f"the body must be a JSON object: {e}", field="body") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body must be a JSON object", field="body")
+        unknown = sorted(set(body) - set(fields))
+        if unknown:
+            raise ApiError(
+                400,
+                f"unknown field {unknown[0][:40]!r}; fields: {', '.join(fields)}",
+                field=unknown[0][:64],
+            )
+        for name, default in fields.items():
+            if default is None and name not in body:
+                raise ApiError(400, f"{name} is required", field=name)
+        return {name: body.get(name, default) for name, default in fields.items()}
+
+    async def ledger_call(self, fn, *args, **kwargs):
+        """One ledger call, off the loop; its expected refusals become JSON answers."""
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except ClusterRequestError as e:
+            raise ApiError(400, str(e), field=e.field) from None
+        except ClusterDenied as e:
+            raise ApiError(
+                e.status_code, e.message, reason=e.reason, limit=e.limit, in_use=e.in_use
+            ) from None
+        except UnknownCluster as e:
+            raise ApiError(404, str(e)) from None
+
+
+class ClustersHandler(ClusterBaseHandler):
+    @web.authenticated
+    async def get(self):
+        name = self.current_user["name"]
+        user = self.get_argument("user", name)
+        if user != name:
+            self.require_operator("list another user's clusters")
+        self.xsrf_token  # noqa: B018 - sets the _xsrf cookie a browser's POST sends back
+        clusters = await asyncio.to_thread(self.service.quota.ledger.open_clusters, user)
+        self.write_json({"clusters": [c.to_json() for c in clusters]})
+
+    @web.authenticated
+    async def post(self):
+        body = self.json_body(CLUSTER_FIELDS)
+        name = self.current_user["name"]
+        policy = await self.caller_policy()
+        cluster = await self.ledger_call(
+            self.service.quota.ledger.admit_cluster,
+            user=name,
+            **body,
+            max_workers=policy.max_dask_workers,
+            actor=name,
+        )
+        self.write_json({"cluster": cluster.to_json()}, 201)
+
+
+class ClusterHandler(ClusterBaseHandler):
+    @web.authenticated
+    async def patch(self, key: str):
+        workers = self.json_body({"workers": None})["workers"]
+        name = self.current_user["name"]
+        policy = await self.caller_policy()
+        cluster = await self.ledger_call(
+            self.service.quota.ledger.scale_cluster,
+            name,
+            key,
+            workers,
+            max_workers=policy.max_dask_workers,
+            actor=name,
+        )
+        self.write_json({"cluster": cluster.to_json()})
+
+    @web.authenticated
+    async def delete(self, key: str):
+        name = self.current_user["name"]
+        release = self.service.quota.ledger.release_cluster
+        if await self.ledger_call(release, name, key, reason="stopped", actor=name) is None:
+            raise ApiError(404, f"you have no running cluster {key!r}")
+        self.set_status(204)
+        self.finish()
 
 
 class UsageHandler(QuotaHandler):
@@ -318,6 +463,8 @@ def make_app(service: Service, prefix: str) -> web.Application:
     handlers = [
         (prefix, IndexHandler),
         (f"{prefix}api/me", MeHandler),
+        (f"{prefix}api/clusters", ClustersHandler),
+        (f"{prefix}api/clusters/([^/]+)", ClusterHandler),
         (f"{prefix}api/usage", UsageHandler),
         (f"{prefix}api/policies", PoliciesHandler),
         (f"{prefix}api/policies/(default)", PolicyHandler),
@@ -336,8 +483,8 @@ def make_app(service: Service, prefix: str) -> web.Application:
         cookie_secret=os.urandom(32),
         hub_auth=auth,
         service_prefix=prefix,
-        # Writes (PUT api/policies) need an XSRF token unless a token header authenticates
-        # them: see QuotaHandler.check_xsrf_cookie.
+        # Writes (PUT api/policies, POST/PATCH/DELETE api/clusters) need an XSRF token unless
+        # a token header authenticates them: see QuotaHandler.check_xsrf_cookie.
         xsrf_cookies=True,
     )
 

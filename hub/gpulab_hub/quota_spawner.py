@@ -7,7 +7,23 @@ Works over any base spawner (the local one now; KubeSpawner and batchspawner lat
 - ``start()`` validates the options, asks the ledger to admit the request (atomic: no
   device is granted twice), hands the server ``CUDA_VISIBLE_DEVICES`` (device UUIDs) and
   its allocation, then starts the base spawner; a start that fails releases the grant;
-- ``stop()`` and a ``poll()`` that finds the server gone release the allocation.
+- ``stop()`` and a ``poll()`` that finds the server gone release the allocation (and so
+  close the Dask clusters the ledger counts for that server).
+
+The server's environment (``get_env``), beside JupyterHub's own:
+
+- ``CUDA_VISIBLE_DEVICES`` and ``GPULAB_ALLOCATED_DEVICES``: the granted device UUIDs,
+  comma-separated (empty for a CPU server); ``GPULAB_GPUS``: how many;
+- ``GPULAB_GPU_INFO``: a JSON list of those devices as the hub's inventory describes them
+  (uuid, name, memory_bytes, MIG parent and profile);
+- ``GPULAB_ALLOCATION_ID``: the ledger row of the server's allocation;
+- ``GPULAB_MAX_DASK_WORKERS``: the user's ``max_dask_workers`` at spawn ("" for no limit);
+  the quota service enforces the limit current when a cluster starts;
+- ``GPULAB_QUOTA_URL``: the quota service as the server reaches it (its ``url`` from
+  ``c.JupyterHub.services`` plus its prefix, ending in ``/services/gpulab-quota/``), which
+  the server calls with its own ``JUPYTERHUB_API_TOKEN`` (that token needs
+  ``access:services!service=gpulab-quota`` in ``c.Spawner.server_token_scopes``); unset
+  where the hub runs no quota service.
 
 A denied request is an HTTP 4xx whose message the hub shows on the spawn form (and the
 REST API returns); it never reaches the base spawner.
@@ -16,6 +32,7 @@ REST API returns); it never reaches the base spawner.
 from __future__ import annotations
 
 import asyncio
+import json
 
 from tornado import web
 from traitlets import HasTraits, Integer, default
@@ -28,7 +45,7 @@ from gpulab.quota.profiles import (
     parse_spawn_options,
     render_form,
 )
-from gpulab_hub.quota import GpulabQuota
+from gpulab_hub.quota import QUOTA_SERVICE_NAME, GpulabQuota
 
 
 def user_facing_error(status: int, message: str) -> web.HTTPError:
@@ -46,6 +63,7 @@ class QuotaSpawnerMixin(HasTraits):
 
     allocation_id = Integer(None, allow_none=True)  # the ledger row of the running server
     granted_devices = ()
+    _spawn_policy = None  # the user's policy when start() admitted the server
 
     @property
     def quota(self) -> GpulabQuota:
@@ -88,9 +106,33 @@ class QuotaSpawnerMixin(HasTraits):
         # Empty for a CPU server: CUDA then sees no device at all.
         env["CUDA_VISIBLE_DEVICES"] = ",".join(self.granted_devices)
         env["GPULAB_GPUS"] = str(len(self.granted_devices))
+        env["GPULAB_ALLOCATED_DEVICES"] = ",".join(self.granted_devices)
+        # What the hub knows of those devices (name, memory): a server on a node whose
+        # inventory is static config (no NVML) can't look them up itself.
+        env["GPULAB_GPU_INFO"] = json.dumps([
+            gpu.to_dict() for gpu in map(self.quota.inventory.by_uuid, self.granted_devices)
+            if gpu is not None
+        ])
         if self.allocation_id is not None:
             env["GPULAB_ALLOCATION_ID"] = str(self.allocation_id)
+        policy = self._spawn_policy or self._policy()
+        limit = policy.max_dask_workers
+        env["GPULAB_MAX_DASK_WORKERS"] = "" if limit is None else str(limit)
+        url = self.quota_service_url()
+        if url:
+            env["GPULAB_QUOTA_URL"] = url
         return env
+
+    def quota_service_url(self) -> str:
+        """The quota service's URL as the server reaches it: the service's own ``url``
+        (c.JupyterHub.services) and its prefix, e.g.
+        ``http://127.0.0.1:PORT/services/gpulab-quota/`` (it serves under its prefix when
+        called directly too). "" when the hub runs no quota service with a URL."""
+        services = getattr(self.user, "settings", {}).get("services") or {}
+        service = services.get(QUOTA_SERVICE_NAME)
+        if service is None or not service.url:
+            return ""
+        return service.url.rstrip("/") + service.prefix
 
     async def start(self):
         try:
@@ -118,6 +160,7 @@ class QuotaSpawnerMixin(HasTraits):
             raise user_facing_error(e.status_code, str(e)) from None
         self.allocation_id = grant.allocation_id
         self.granted_devices = tuple(grant.device_uuids)
+        self._spawn_policy = policy
         try:
             return await super().start()
         except BaseException:
@@ -146,6 +189,7 @@ class QuotaSpawnerMixin(HasTraits):
             return
         allocation_id, self.allocation_id = self.allocation_id, None
         self.granted_devices = ()
+        self._spawn_policy = None
         await asyncio.to_thread(self.quota.ledger.release, allocation_id, reason=reason)
 
     def get_state(self):

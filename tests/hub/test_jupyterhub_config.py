@@ -87,6 +87,20 @@ def test_services_run_with_only_the_scopes_they_need(monkeypatch, tmp_path):
     assert roles["gpulab-operator"]["users"] == ["admin"]
 
 
+def test_a_servers_own_token_may_call_the_quota_service(monkeypatch, tmp_path):
+    from jupyterhub.roles import get_default_roles
+
+    c = load_config(monkeypatch, tmp_path / "state")
+    scopes = c.Spawner.server_token_scopes
+    # JupyterHub's defaults for a server token (the "server" role) are kept ...
+    (server_role,) = [role for role in get_default_roles() if role["name"] == "server"]
+    assert set(server_role["scopes"]) <= set(scopes)
+    # ... plus the quota service, which every user holds (so the token gets it).
+    assert "access:services!service=gpulab-quota" in scopes
+    user_role = {role["name"]: role for role in c.JupyterHub.load_roles}["user"]
+    assert "access:services!service=gpulab-quota" in user_role["scopes"]
+
+
 def test_quota_ledger_lives_in_the_state_folder(monkeypatch, tmp_path):
     state = tmp_path / "state"
     c = load_config(monkeypatch, state)

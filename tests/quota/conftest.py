@@ -18,7 +18,8 @@ Helpers
 - ``backdate(ledger, allocation_id, seconds)``: THE test hook for time. The ledger only
   believes the database clock, so a test makes time pass for an allocation by moving its
   ``granted_at``, ``last_accrued_at`` (and ``ended_at``) back with an SQL UPDATE.
-- ``snapshot(ledger)``: every row of the three tables, to assert "nothing changed".
+- ``snapshot(ledger)``: every row of allocations, device leases, audit events and clusters, to
+  assert "nothing changed".
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import pytest
 from sqlalchemy import select, update
 
 from gpulab.quota.ledger import Ledger
-from gpulab.quota.models import allocations, audit_events, device_leases
+from gpulab.quota.models import allocations, audit_events, clusters, device_leases
 from tests.quota.postgres_server import PostgresServer, PostgresUnavailable
 
 DEVICES = tuple(f"GPU-{i:08x}-0000-4000-8000-{i:012x}" for i in range(8))
@@ -58,7 +59,7 @@ def snapshot(ledger: Ledger) -> dict[str, list[tuple]]:
                 tuple(row)
                 for row in conn.execute(select(table).order_by(*table.primary_key.columns))
             ]
-            for table in (allocations, device_leases, audit_events)
+            for table in (allocations, device_leases, audit_events, clusters)
         }
 
 

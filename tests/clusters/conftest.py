@@ -1,0 +1,43 @@
+import os
+
+import psutil
+import pytest
+
+from gpulab import clusters
+
+CLEAN_ENV = ("GPULAB_QUOTA_URL", "JUPYTERHUB_API_TOKEN", "GPULAB_MAX_DASK_WORKERS",
+             "GPULAB_ALLOCATED_DEVICES", "JUPYTERHUB_SERVER_NAME")
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    """A private registry folder, no hub in the environment, and no cluster left behind."""
+    for name in CLEAN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    # No GPUs unless a test gives some: CUDA then sees no device (as on a CPU server).
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    folder = tmp_path / "clusters"
+    monkeypatch.setenv("GPULAB_CLUSTERS_DIR", str(folder))
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    yield clusters.Registry(folder)
+    left = clusters.close_owned()
+    assert left == 0, f"the test left {left} cluster(s) running"
+    # Worker processes of stopped clusters are gone (a moment for them to exit).
+    new = [p for p in psutil.Process().children(recursive=True)
+           if p.pid not in before and not _helper(p)]
+    psutil.wait_procs(new, timeout=10)
+    left = [p.cmdline() for p in new if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"orphan worker processes: {left}"
+
+
+def _helper(process):
+    # multiprocessing's resource tracker: one per Python process, by design long-lived.
+    try:
+        return "resource_tracker" in " ".join(process.cmdline())
+    except psutil.Error:
+        return True
+
+
+def worker_pids(client):
+    """The OS pid of each worker process of a cluster."""
+    return set(client.run(os.getpid).values())
