@@ -52,7 +52,10 @@ def admin(hub, admin_password):
     return hub.admin_session(admin_password)
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: Playwright's sync API runs an event loop in the main thread
+# while it is open, and later tests that run their own loop (asyncio.run, pytest-jupyter)
+# would find it running.
+@pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
 
