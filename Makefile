@@ -23,6 +23,7 @@ bench: test-deps
 	$(BIN)/python -m bench.spawn --quick
 	$(BIN)/python -m bench.cluster_start --quick
 	$(BIN)/python -m bench.ddp --quick
+	$(BIN)/python -m bench.dashboard --quick
 
 lint: test-deps
 	$(BIN)/ruff check .

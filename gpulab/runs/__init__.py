@@ -18,23 +18,33 @@ fsspec: a local folder by default, ``memory://`` in tests, an object store at sc
 See ``store`` for the layout, and ``metrics``/``checkpoints``/``folder`` for crash safety.
 """
 
+from gpulab.runs.acl import Acl, can_view
 from gpulab.runs.checkpoints import Checkpoint
-from gpulab.runs.errors import InvalidRunInput, RunError, RunNotFound, RunStateError
+from gpulab.runs.errors import (
+    InvalidRunInput,
+    PermissionDenied,
+    RunError,
+    RunNotFound,
+    RunStateError,
+)
 from gpulab.runs.ids import new_run_id
 from gpulab.runs.manifest import Manifest
 from gpulab.runs.metrics import MetricsWriter, drop_superseded
 from gpulab.runs.store import Run, RunStore, default_root
 
 __all__ = [
+    "Acl",
     "Checkpoint",
     "InvalidRunInput",
     "Manifest",
     "MetricsWriter",
+    "PermissionDenied",
     "Run",
     "RunError",
     "RunNotFound",
     "RunStateError",
     "RunStore",
+    "can_view",
     "default_root",
     "drop_superseded",
     "new_run_id",

@@ -42,3 +42,13 @@ class RunStateError(RunError):
     """A status change the run's current status does not allow (finishing a failed run)."""
 
     status_code = 409
+
+
+class PermissionDenied(RunError):
+    """The caller may not do this to the run (only its owner may change who can see it).
+
+    Not an ``OSError``/``PermissionError``: code that tolerates disk errors must not
+    swallow a refusal.
+    """
+
+    status_code = 403

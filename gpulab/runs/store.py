@@ -7,6 +7,7 @@ Layout under the store's root (any fsspec URL; see ``default_root``)::
         metrics/rank-<r>.jsonl   append-only records, one file per rank (see ``metrics``)
         checkpoints/step-<N>.ckpt  the last K checkpoints (see ``checkpoints``)
         artifacts/<name>         files the run keeps (see ``artifacts``)
+        acl.json                 who else may view it (see ``acl``); absent: private
 
 Who writes what: every rank appends to its own metrics file; rank 0 saves checkpoints;
 the manifest is changed by the process that drives the run (the launcher, or rank 0),
@@ -27,6 +28,7 @@ import traceback as tb
 from collections.abc import Mapping
 from typing import Any
 
+from gpulab.runs import acl as acls
 from gpulab.runs import artifacts
 from gpulab.runs.checkpoints import _MISSING, DEFAULT_KEEP, Checkpoint, Checkpoints, Loader
 from gpulab.runs.errors import InvalidRunInput, RunNotFound, RunStateError
@@ -167,6 +169,36 @@ class RunStore:
         if not folder.exists(MANIFEST):
             raise RunNotFound(f"no run {owner}/{run_id}", reason="run")
         return read_folder(folder.child("metrics"), since, max_bytes)
+
+    # -- sharing (see ``acl``) ----------------------------------------------------------
+
+    def viewable(self, owner: str, run_id: str, user: str | None = None,
+                 groups: Any = (), token: str | None = None) -> Run:
+        """``owner``'s run ``run_id`` if ``user`` (in ``groups``, or with a link ``token``)
+        may view it.
+
+        Otherwise one ``RunNotFound`` with the same message whether the run is missing, the
+        id is malformed or the viewer has no access, so a viewer can't probe what exists.
+        """
+        try:
+            run = self.open(owner, run_id)
+            allowed = acls.can_view(run, user, groups, token)
+        except (RunNotFound, InvalidRunInput):
+            allowed = False
+        if not allowed:
+            raise RunNotFound("no such run, or you may not view it", reason="run")
+        return run
+
+    def shared_with(self, user: str, groups: Any = ()) -> list[Manifest]:
+        """Manifests of other owners' runs shared with ``user`` or one of ``groups``.
+
+        Newest first. A scan of every run's ``acl.json``; fine at a lab's scale.
+        """
+        found = []
+        for folder, _ in acls.shared_runs(self.root, user, groups):
+            with contextlib.suppress(RunNotFound):
+                found.append(_read_manifest(folder))
+        return sorted(found, key=lambda m: (m.created, m.id), reverse=True)
 
 
 def _read_manifest(folder: Folder) -> Manifest:
@@ -432,6 +464,31 @@ class Run:
         manifest.status = status
         if ended:
             manifest.ended = now_iso()
+
+    # -- sharing (see ``acl``; only the owner may change it) ----------------------------
+
+    def acl(self) -> acls.Acl:
+        """Who may view this run, as stored now."""
+        return acls.acl_of(self)
+
+    def share_with(self, users: Any = (), groups: Any = (), *, actor: str) -> acls.Acl:
+        return acls.share_with(self, users, groups, actor=actor)
+
+    def unshare(self, users: Any = (), groups: Any = (), *, actor: str) -> acls.Acl:
+        return acls.unshare(self, users, groups, actor=actor)
+
+    def create_link(self, expires_in_seconds: float, *, actor: str, allowed: bool = True,
+                    now: Any = None) -> tuple[str, str]:
+        """A view-only link: ``(link_id, token)``; the token is not stored, keep it now."""
+        return acls.create_link(self, expires_in_seconds, actor=actor, allowed=allowed,
+                                now=now)
+
+    def revoke_link(self, link_id: str, *, actor: str) -> acls.Acl:
+        return acls.revoke_link(self, link_id, actor=actor)
+
+    def can_view(self, user: str | None = None, groups: Any = (), token: str | None = None,
+                 now: Any = None) -> bool:
+        return acls.can_view(self, user, groups, token, now)
 
 
 def _text(value: Any, what: str) -> str:
