@@ -27,16 +27,20 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
 import param
 
-from gpulab.runs import Run, RunStore, drop_superseded
+from gpulab.runs import Run, RunStore
 
 GPU_PREFIX = "gpu_"
 GPU_FIELDS = ("gpu_utilization_pct", "gpu_memory_used_bytes", "gpu_power_w", "gpu_energy_wh")
 RESERVED = frozenset({"step", "time", "rank", "attempt"})
+_PLAIN_NUMBERS = frozenset({int, float})
+_NUMBERS_OR_NONE = _PLAIN_NUMBERS | {type(None)}
 
 
 def _number(value: Any) -> float | None:
@@ -45,25 +49,78 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
+def _numbers(column: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    """``column`` as floats (NaN where not a number, as ``_number`` decides) and the rows
+    that are numbers: None when all are (the common cases convert in C)."""
+    kinds = set(map(type, column))
+    if kinds <= _PLAIN_NUMBERS:
+        return np.array(column, dtype=float), None
+    if kinds <= _NUMBERS_OR_NONE:  # numpy reads None as NaN
+        rows = np.flatnonzero([value is not None for value in column])
+        return np.array(column, dtype=float), rows
+    numbers = [_number(value) for value in column]
+    rows = np.array([i for i, n in enumerate(numbers) if n is not None], dtype=np.intp)
+    return np.array([math.nan if n is None else n for n in numbers], dtype=float), rows
+
+
+def _kept(steps: np.ndarray, attempts: np.ndarray,
+          restarts: list[dict[str, Any]]) -> np.ndarray:
+    """The mask of the rows ``gpulab.runs.drop_superseded(rows, restarts)`` keeps, on
+    columns: an attempt resumed from a checkpoint at step S replays the steps after S, so
+    the earlier attempts keep steps <= S (all dropped for a restart without checkpoint)."""
+    resumed_at = [r.get("from_checkpoint_step") for r in restarts]
+    if not resumed_at:
+        return np.ones(len(steps), dtype=bool)
+    limits = [math.inf] * (len(resumed_at) + 1)  # limits[a]: last step attempt a keeps
+    for i in range(len(resumed_at) - 1, -1, -1):
+        step = resumed_at[i]
+        limits[i] = min(-1 if step is None else step, limits[i + 1])
+    index = np.minimum(attempts, len(resumed_at)).astype(np.intp)
+    return steps <= np.array(limits, dtype=float)[index]
+
+
 class _Columns:
-    """Growing columns of floats, with a numpy view cached by length."""
+    """Growing columns of floats in numpy buffers (capacity doubles, so appends are
+    amortised O(1)); ``array(name)`` is a view of the filled part."""
 
     def __init__(self, *names: str):
-        self.lists: dict[str, list[float]] = {n: [] for n in names}
-        self._arrays: dict[str, np.ndarray] = {}
+        self.names = names
+        self._buffers: dict[str, np.ndarray] = {n: np.empty(0) for n in names}
+        self._length = 0
 
     def __len__(self) -> int:
-        return len(next(iter(self.lists.values())))
+        return self._length
+
+    def _reserve(self, extra: int) -> None:
+        need = self._length + extra
+        capacity = len(self._buffers[self.names[0]])
+        if need <= capacity:
+            return
+        capacity = max(need, 2 * capacity, 16)
+        for name, old in self._buffers.items():
+            buffer = np.empty(capacity)
+            buffer[: self._length] = old[: self._length]
+            self._buffers[name] = buffer
 
     def append(self, **values: float) -> None:
-        for name, column in self.lists.items():
-            column.append(values[name])
+        self._reserve(1)
+        for name, buffer in self._buffers.items():
+            buffer[self._length] = values[name]
+        self._length += 1
+
+    def extend(self, **columns: np.ndarray) -> None:
+        """Append equally long columns, one per name."""
+        count = len(columns[self.names[0]])
+        if not count:
+            return
+        self._reserve(count)
+        end = self._length + count
+        for name, buffer in self._buffers.items():
+            buffer[self._length:end] = columns[name]
+        self._length = end
 
     def array(self, name: str) -> np.ndarray:
-        cached = self._arrays.get(name)
-        if cached is None or len(cached) != len(self):
-            cached = self._arrays[name] = np.asarray(self.lists[name], dtype=float)
-        return cached
+        return self._buffers[name][: self._length]
 
 
 @dataclass
@@ -71,6 +128,18 @@ class _Metric:
     raw: _Columns = field(default_factory=lambda: _Columns("step", "time", "attempt", "value"))
     kept: _Columns = field(default_factory=lambda: _Columns("step", "time", "value"))
     generation: int = 0
+
+
+@dataclass
+class _Batch:
+    """Rank 0's records of one read, as columns; ``metrics[name]``: (the rows holding a
+    number for it, None for all; its values at those rows)."""
+
+    steps: np.ndarray
+    times: np.ndarray
+    attempts: np.ndarray
+    samples: np.ndarray
+    metrics: dict[str, tuple[np.ndarray | None, np.ndarray]] = field(default_factory=dict)
 
 
 @dataclass
@@ -127,17 +196,16 @@ class RunData(param.Parameterized):
             restarts = list(manifest.restarts)
             rebuild = restarts != self._restarts_seen
             self._restarts_seen = restarts
-            ours = [r for r in records if r.get("rank", 0) == 0 and "gpu_uuid" not in r]
-            for record in ours:
-                self._add_raw(record)
-            for record in records:
-                if isinstance(record.get("gpu_uuid"), str):
-                    self._add_gpu(record)
+            ours = [r for r in records if "gpu_uuid" not in r and r.get("rank", 0) == 0]
+            if len(ours) < len(records):
+                for record in records:
+                    if isinstance(record.get("gpu_uuid"), str):
+                        self._add_gpu(record)
+            batch = self._add_batch(ours)
             if rebuild:
                 self._rebuild(restarts)
-            else:
-                for record in drop_superseded(ours, restarts):
-                    self._add_kept(record)
+            elif batch is not None:
+                self._add_kept(batch, restarts)
             changed = bool(records) or rebuild
             update = {
                 "run_name": manifest.name, "status": manifest.status,
@@ -161,44 +229,55 @@ class RunData(param.Parameterized):
                 self.param.update(**update)
             return changed
 
-    def _add_raw(self, record: dict[str, Any]) -> None:
-        step, time, attempt = record["step"], record["time"], record.get("attempt", 0)
-        samples = _number(record.get("samples"))
-        self._timeline.raw.append(step=step, time=time, attempt=attempt,
-                                  value=math.nan if samples is None else samples)
-        for name, value in record.items():
-            if name in RESERVED or name.startswith(GPU_PREFIX):
+    def _add_batch(self, ours: list[dict[str, Any]]) -> _Batch | None:
+        """Append rank 0's records ``ours`` to the raw columns, one metric at a time."""
+        if not ours:
+            return None
+        steps = np.array(list(map(itemgetter("step"), ours)), dtype=float)
+        times = np.array(list(map(itemgetter("time"), ours)), dtype=float)
+        attempts = np.array([r.get("attempt", 0) for r in ours], dtype=float)
+        samples, _ = _numbers([r.get("samples") for r in ours])
+        self._timeline.raw.extend(step=steps, time=times, attempt=attempts, value=samples)
+        batch = _Batch(steps, times, attempts, samples)
+        names = set(chain.from_iterable(ours)).difference(RESERVED)
+        for name in sorted(names):
+            if name.startswith(GPU_PREFIX):
                 continue
-            number = _number(value)
-            if number is None:
-                continue
+            values, rows = _numbers([r.get(name) for r in ours])
+            if rows is not None:
+                if not len(rows):
+                    continue
+                values = values[rows]
             metric = self._metrics.get(name)
             if metric is None:
                 metric = self._metrics[name] = _Metric()
-            metric.raw.append(step=step, time=time, attempt=attempt, value=number)
+            picked = slice(None) if rows is None else rows
+            metric.raw.extend(step=steps[picked], time=times[picked],
+                              attempt=attempts[picked], value=values)
+            batch.metrics[name] = (rows, values)
+        return batch
 
-    def _add_kept(self, record: dict[str, Any]) -> None:
-        step, time = record["step"], record["time"]
-        samples = _number(record.get("samples"))
-        self._timeline.kept.append(step=step, time=time,
-                                   value=math.nan if samples is None else samples)
-        for name, value in record.items():
-            if name in RESERVED or name.startswith(GPU_PREFIX):
-                continue
-            number = _number(value)
-            if number is not None:
-                self._metrics[name].kept.append(step=step, time=time, value=number)
+    def _add_kept(self, batch: _Batch, restarts: list[dict[str, Any]]) -> None:
+        keep = _kept(batch.steps, batch.attempts, restarts)
+        every = bool(keep.all())  # the common case: no copies for the mask
+        pick = slice(None) if every else keep
+        self._timeline.kept.extend(step=batch.steps[pick], time=batch.times[pick],
+                                   value=batch.samples[pick])
+        for name, (rows, values) in batch.metrics.items():
+            steps = batch.steps if rows is None else batch.steps[rows]
+            times = batch.times if rows is None else batch.times[rows]
+            if not every:
+                mask = keep if rows is None else keep[rows]
+                steps, times, values = steps[mask], times[mask], values[mask]
+            self._metrics[name].kept.extend(step=steps, time=times, value=values)
 
     def _rebuild(self, restarts: list[dict[str, Any]]) -> None:
         for metric in [self._timeline, *self._metrics.values()]:
-            raw = metric.raw.lists
-            rows = [{"step": s, "attempt": a, "i": i}
-                    for i, (s, a) in enumerate(zip(raw["step"], raw["attempt"], strict=True))]
+            raw = metric.raw
+            keep = _kept(raw.array("step"), raw.array("attempt"), restarts)
             metric.kept = _Columns("step", "time", "value")
-            for row in drop_superseded(rows, restarts):
-                i = row["i"]
-                metric.kept.append(step=raw["step"][i], time=raw["time"][i],
-                                   value=raw["value"][i])
+            metric.kept.extend(step=raw.array("step")[keep], time=raw.array("time")[keep],
+                               value=raw.array("value")[keep])
             metric.generation += 1
 
     def _add_gpu(self, record: dict[str, Any]) -> None:
@@ -249,7 +328,7 @@ class RunData(param.Parameterized):
         not read) and ``energy_total`` (Wh since the run started, over restarts)."""
         with self._lock:
             columns = self._gpus[uuid]
-            return {name: columns.array(name) for name in columns.lists}
+            return {name: columns.array(name) for name in columns.names}
 
     def generation_of_rates(self) -> int:
         with self._lock:
