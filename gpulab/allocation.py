@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from gpulab.clusters.limits import allocated_devices
+from gpulab.clusters.limits import allocated_devices, worker_limit
 from gpulab.gpus import GPU, Inventory, InventoryError, detect_inventory
 from gpulab.quota.client import QuotaClient, QuotaServiceError
 
@@ -124,8 +124,11 @@ def describe(
 
 
 def _env_limit(env: Mapping[str, str]) -> int | None:
-    raw = env.get("GPULAB_MAX_DASK_WORKERS", "").strip()
-    return int(raw) if raw.isdigit() else None
+    # The card shows "no limit known" rather than fail on a value the spawner didn't write.
+    try:
+        return worker_limit(env)
+    except ValueError:
+        return None
 
 
 def _login_name() -> str:

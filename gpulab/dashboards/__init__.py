@@ -58,16 +58,8 @@ def serve_run(run: Any, port: int = 0, *, address: str = "127.0.0.1", **kwargs: 
 def _wait_until_listening(address: str, port: int, timeout: float = 30.0) -> None:
     """The threaded server binds a moment after ``pn.serve`` returns: wait for it, so a
     caller's first request isn't refused."""
-    import socket
-    import time
+    from gpulab.net import wait_for_port
 
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((address, port), timeout=1.0):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the dashboard server did not listen on {address}:{port} "
-                                   f"within {timeout} s") from None
-            time.sleep(0.02)
+    if not wait_for_port(address, port, timeout):
+        raise TimeoutError(f"the dashboard server did not listen on {address}:{port} "
+                           f"within {timeout} s")

@@ -88,18 +88,11 @@ def run_job(train_fn, spec: dict):
 
 def _wait_for_master(host: str, port: int, timeout: float) -> None:
     """Until rank 0's store listens. A rank that connects before it does is refused, and
-    torch's connect backoff then costs it 0.4-0.75 s: most of a warm relaunch."""
-    import socket
+    torch's connect backoff then costs it 0.4-0.75 s: most of a warm relaunch. (If it never
+    listens, init_process_group reports the failure in its own words.)"""
+    from gpulab.net import wait_for_port
 
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=1.0):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                return  # init_process_group reports the failure in its own words
-            time.sleep(0.002)
+    wait_for_port(host, port, timeout, every=0.002)
 
 
 def serve(conn_in: Connection, conn_out: Connection) -> None:
