@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from dataclasses import dataclass, field
-from itertools import chain
 from operator import itemgetter
 from typing import Any
 
@@ -35,32 +35,18 @@ import numpy as np
 import param
 
 from gpulab.runs import Run, RunStore
+from gpulab.runs.columns import Columns
 
 GPU_PREFIX = "gpu_"
 GPU_FIELDS = ("gpu_utilization_pct", "gpu_memory_used_bytes", "gpu_power_w", "gpu_energy_wh")
 RESERVED = frozenset({"step", "time", "rank", "attempt"})
 _PLAIN_NUMBERS = frozenset({int, float})
-_NUMBERS_OR_NONE = _PLAIN_NUMBERS | {type(None)}
 
 
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)
-
-
-def _numbers(column: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
-    """``column`` as floats (NaN where not a number, as ``_number`` decides) and the rows
-    that are numbers: None when all are (the common cases convert in C)."""
-    kinds = set(map(type, column))
-    if kinds <= _PLAIN_NUMBERS:
-        return np.array(column, dtype=float), None
-    if kinds <= _NUMBERS_OR_NONE:  # numpy reads None as NaN
-        rows = np.flatnonzero([value is not None for value in column])
-        return np.array(column, dtype=float), rows
-    numbers = [_number(value) for value in column]
-    rows = np.array([i for i, n in enumerate(numbers) if n is not None], dtype=np.intp)
-    return np.array([math.nan if n is None else n for n in numbers], dtype=float), rows
 
 
 def _kept(steps: np.ndarray, attempts: np.ndarray,
@@ -77,6 +63,45 @@ def _kept(steps: np.ndarray, attempts: np.ndarray,
         limits[i] = min(-1 if step is None else step, limits[i + 1])
     index = np.minimum(attempts, len(resumed_at)).astype(np.intp)
     return steps <= np.array(limits, dtype=float)[index]
+
+
+def _rank_zero(blocks: list[Columns]) -> Columns | None:
+    """Rank 0's records (not telemetry) of one read, in time order across files."""
+    parts = []
+    for block in blocks:
+        mask = block.rank == 0
+        if block.is_telemetry is not None:
+            mask &= ~block.is_telemetry
+        if mask.all():
+            parts.append(block)
+        elif mask.any():
+            parts.append(_rows(block, mask))
+    if len(parts) <= 1:
+        return parts[0] if parts else None
+    merged = _concatenate(parts)  # rank 0's records in two files: a renamed file; rare
+    return _rows(merged, np.argsort(merged.time, kind="stable"))
+
+
+def _rows(block: Columns, rows: np.ndarray) -> Columns:
+    return Columns(block.step[rows], block.time[rows], block.rank[rows], block.attempt[rows],
+                   values={k: v[rows] for k, v in block.values.items()},
+                   present={k: v[rows] for k, v in block.present.items()})
+
+
+def _concatenate(parts: list[Columns]) -> Columns:
+    names = sorted({name for part in parts for name in part.values})
+
+    def joined(get: Any) -> np.ndarray:
+        return np.concatenate([get(part) for part in parts])
+
+    merged = Columns(joined(lambda p: p.step), joined(lambda p: p.time),
+                     joined(lambda p: p.rank), joined(lambda p: p.attempt))
+    for name in names:
+        merged.values[name] = joined(
+            lambda p, n=name: p.values.get(n, np.full(len(p), math.nan)))
+        merged.present[name] = joined(
+            lambda p, n=name: p.present.get(n, np.full(len(p), n in p.values)))
+    return merged
 
 
 class _Columns:
@@ -154,6 +179,10 @@ class Series:
         return len(self.steps)
 
 
+_SHARED: weakref.WeakValueDictionary[str, RunData] = weakref.WeakValueDictionary()
+_SHARED_LOCK = threading.Lock()
+
+
 class RunData(param.Parameterized):
     """The live data of one run; ``RunData(run)`` or ``RunData.open(store, owner, run_id)``."""
 
@@ -185,6 +214,17 @@ class RunData(param.Parameterized):
     def open(cls, store: RunStore, owner: str, run_id: str, **params: Any) -> RunData:
         return cls(store.open(owner, run_id), **params)
 
+    @classmethod
+    def shared(cls, run: Run) -> RunData:
+        """The one ``RunData`` of ``run`` in this process while any view holds it: a
+        server's sessions of one run read its metrics once, not once each (a new viewer
+        of a long run then renders from memory). Views track the version they drew."""
+        with _SHARED_LOCK:
+            data = _SHARED.get(run.url)
+            if data is None:
+                data = _SHARED[run.url] = cls(run)
+            return data
+
     # -- reading ------------------------------------------------------------------------
 
     def refresh(self) -> bool:
@@ -192,21 +232,21 @@ class RunData(param.Parameterized):
         changed (then ``version`` went up)."""
         with self._lock:
             manifest = self.run.manifest()
-            records, self._cursor = self.run.read_metrics(since=self._cursor)
+            blocks, self._cursor = self.run.read_columns(since=self._cursor)
             restarts = list(manifest.restarts)
             rebuild = restarts != self._restarts_seen
             self._restarts_seen = restarts
-            ours = [r for r in records if "gpu_uuid" not in r and r.get("rank", 0) == 0]
-            if len(ours) < len(records):
-                for record in records:
-                    if isinstance(record.get("gpu_uuid"), str):
-                        self._add_gpu(record)
+            telemetry = [r for block in blocks for r in block.telemetry]
+            for record in sorted(telemetry, key=itemgetter("time")):
+                self._add_gpu(record)
+            ours = _rank_zero(blocks)
             batch = self._add_batch(ours)
             if rebuild:
                 self._rebuild(restarts)
             elif batch is not None:
                 self._add_kept(batch, restarts)
-            changed = bool(records) or rebuild
+            read = sum(map(len, blocks))
+            changed = bool(read) or rebuild
             update = {
                 "run_name": manifest.name, "status": manifest.status,
                 "config": dict(manifest.config), "restarts": restarts,
@@ -214,8 +254,8 @@ class RunData(param.Parameterized):
             }
             update = {k: v for k, v in update.items() if getattr(self, k) != v}
             changed = changed or bool(update)
-            if records:
-                update["records_read"] = self.records_read + len(records)
+            if read:
+                update["records_read"] = self.records_read + read
                 names = sorted(self._metrics)
                 if names != self.metrics:
                     update["metrics"] = names
@@ -229,24 +269,21 @@ class RunData(param.Parameterized):
                 self.param.update(**update)
             return changed
 
-    def _add_batch(self, ours: list[dict[str, Any]]) -> _Batch | None:
-        """Append rank 0's records ``ours`` to the raw columns, one metric at a time."""
-        if not ours:
+    def _add_batch(self, ours: Columns | None) -> _Batch | None:
+        """Append rank 0's new records ``ours`` to the raw columns, one metric at a time."""
+        if ours is None or not len(ours):
             return None
-        steps = np.array(list(map(itemgetter("step"), ours)), dtype=float)
-        times = np.array(list(map(itemgetter("time"), ours)), dtype=float)
-        attempts = np.array([r.get("attempt", 0) for r in ours], dtype=float)
-        samples, _ = _numbers([r.get("samples") for r in ours])
+        steps, times, attempts = ours.step, ours.time, ours.attempt
+        samples = ours.values.get("samples", np.full(len(steps), math.nan))
         self._timeline.raw.extend(step=steps, time=times, attempt=attempts, value=samples)
         batch = _Batch(steps, times, attempts, samples)
-        names = set(chain.from_iterable(ours)).difference(RESERVED)
-        for name in sorted(names):
+        for name in sorted(ours.values):
             if name.startswith(GPU_PREFIX):
                 continue
-            values, rows = _numbers([r.get(name) for r in ours])
+            values = ours.values[name]
+            present = ours.present.get(name)
+            rows = None if present is None else np.flatnonzero(present)
             if rows is not None:
-                if not len(rows):
-                    continue
                 values = values[rows]
             metric = self._metrics.get(name)
             if metric is None:

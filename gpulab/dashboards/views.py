@@ -93,6 +93,7 @@ class RunView(Viewer):
         self._gpu_figures: dict[str, Any] = {}
         self._gpu_lines: dict[tuple[str, str], _Line] = {}
         self._callback: Any = None
+        self._synced = -1  # the data's version last drawn (the data may be shared)
         self._chooser.param.watch(self._on_choose, "value")
         self._slider.link(self, value="smoothing")
         self._log.link(self, value="log_scale")
@@ -123,8 +124,10 @@ class RunView(Viewer):
             self._callback = None
 
     def refresh(self) -> None:
-        """Tail the run; redraw what changed."""
-        if self.data.refresh():
+        """Tail the run; redraw what changed (since this view last drew: another view
+        sharing the data may have read the new records)."""
+        self.data.refresh()
+        if self.data.version != self._synced:
             self._sync()
 
     # -- drawing --------------------------------------------------------------------------
@@ -158,6 +161,7 @@ class RunView(Viewer):
 
     def _sync(self) -> None:
         data = self.data
+        self._synced = data.version
         names = list(data.metrics)
         self._chooser.options = {_label(n): n for n in names}
         if not self._chosen and self.selected != names:

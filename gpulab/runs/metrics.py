@@ -309,7 +309,19 @@ def read_file(folder: Folder, name: str, since: int = 0,
     written, or the torn tail of a killed writer, is not consumed until it ends. With
     ``max_bytes``, reads about that much at most (a page; call again for more).
     """
+    blocks, offset = read_blocks(folder, name, since, max_bytes)
     records: list[dict[str, Any]] = []
+    for block in blocks:
+        records.extend(parse_lines(block))
+    return records, offset
+
+
+def read_blocks(folder: Folder, name: str, since: int = 0,
+                max_bytes: int | None = None) -> tuple[list[bytes], int]:
+    """The complete lines of one metrics file from byte ``since``, as blocks of lines
+    (each without its last newline; lines too long to be a record left out), and the
+    offset to go on from: what ``read_file`` parses, for readers that parse otherwise."""
+    blocks: list[bytes] = []
     offset = since
     budget = math.inf if max_bytes is None else max_bytes
     first_size = READ_CHUNK if max_bytes is None else max(1, min(READ_CHUNK, max_bytes))
@@ -334,13 +346,13 @@ def read_file(folder: Folder, name: str, since: int = 0,
                 break
             offset = line_end + 1  # a line this long is not a record of ours: skip it
             continue
-        records.extend(parse_lines(chunk[:end]))
+        blocks.append(chunk[:end])
         offset += end + 1
         budget -= end + 1
         if full_page or len(chunk) < size:
             break  # the page is full, or this was the end of the file
         size = first_size
-    return records, offset
+    return blocks, offset
 
 
 def _next_newline(folder: Folder, name: str, offset: int) -> int | None:

@@ -26,7 +26,7 @@ import os
 import threading
 import traceback as tb
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpulab.runs import acl as acls
 from gpulab.runs import artifacts
@@ -46,6 +46,9 @@ from gpulab.runs.ids import (
 )
 from gpulab.runs.manifest import ENDED, MANIFEST, MAX_TRACEBACK_CHARS, Manifest, now_iso
 from gpulab.runs.metrics import DEFAULT_SYNC_INTERVAL, Cursor, MetricsWriter, read_folder
+
+if TYPE_CHECKING:
+    from gpulab.runs.columns import Columns
 
 ROOT_ENV = "GPULAB_RUNS_DIR"
 MAX_MESSAGE_CHARS = 4096
@@ -311,6 +314,13 @@ class Run:
         JSON-able). Tailing with it returns every record exactly once.
         """
         return read_folder(self.folder.child("metrics"), since, max_bytes)
+
+    def read_columns(self, since: Any = None) -> tuple[list[Columns], Cursor]:
+        """What ``read_metrics`` returns, as numpy columns per rank (``gpulab.runs.columns``):
+        the same cursor, parsed without a dict per record (a dashboard's reader)."""
+        from gpulab.runs.columns import read_columns
+
+        return read_columns(self.folder.child("metrics"), since)
 
     def close(self) -> None:
         """Flush and close this process's metrics writers."""

@@ -141,6 +141,22 @@ def test_view_streams_only_new_points(store, monkeypatch):
     assert len(line.source.data["x"]) == 50  # downsampled, sent whole
 
 
+def test_views_sharing_one_run_data_all_draw_what_one_of_them_read(store):
+    run = store.create("alice", "shared")
+    run.log(0, loss=1.0)
+    data = RunData.shared(run)
+    assert RunData.shared(store.open("alice", run.id)) is data  # one per run, by its URL
+    first, second = RunView(data=data), RunView(data=data)
+    run.log(1, loss=0.5)
+    first.refresh()  # reads the new record: the data has nothing new for the second
+    assert data.refresh() is False
+    second.refresh()
+    assert second._lines["loss"].source.data["x"] == [0, 1]
+    assert first._lines["loss"].source.data["x"] == [0, 1]
+    other = store.create("alice", "other")
+    assert RunData.shared(other) is not data
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
