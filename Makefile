@@ -24,11 +24,14 @@ bench: test-deps
 	$(BIN)/python -m bench.cluster_start --quick
 	$(BIN)/python -m bench.ddp --quick
 	$(BIN)/python -m bench.dashboard --quick
+	$(BIN)/python -m bench.preprocess --quick
+	$(BIN)/python -m bench.hub_load --quick
 
 lint: test-deps
 	$(BIN)/ruff check .
 
-hub-deps: $(VENV)/.hub-deps.stamp node_modules/.deps.stamp labextension server-extension-config
+hub-deps: $(VENV)/.hub-deps.stamp node_modules/.deps.stamp labextension server-extension-config \
+	$(VENV)/.kernels.stamp
 
 test-deps: hub-deps $(VENV)/.test-deps.stamp chromium postgresql
 
@@ -38,6 +41,12 @@ $(BIN)/python:
 
 $(VENV)/.hub-deps.stamp: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
+	touch $@
+
+# The kernelspecs "Python 3 (gpulab GPU)" and "(gpulab CPU)" in the venv the servers run
+# from (kernels/gpulab_kernels); their provisioner is registered by the install above.
+$(VENV)/.kernels.stamp: kernels/gpulab_kernels/kernelspecs.py $(VENV)/.hub-deps.stamp
+	$(BIN)/gpulab kernels install
 	touch $@
 
 $(VENV)/.test-deps.stamp: pyproject.toml $(VENV)/.hub-deps.stamp

@@ -80,6 +80,13 @@ c.LocalGpulabSpawner.log_dir = str(settings.log_dir / "servers")
 c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 120  # 20 servers starting at once take ~50 s on 2 cores
 c.Spawner.http_timeout = 60
+# The hub's own HTTP client (to the proxy's API and to starting servers) is tornado's,
+# which runs 10 requests at once by default (JupyterHub uses pycurl where installed; it is
+# not here). With dozens of servers starting, their readiness checks took all 10 and the
+# proxy's route updates timed out in the queue, failing spawns (bench.hub_load).
+from tornado.httpclient import AsyncHTTPClient  # noqa: E402
+
+AsyncHTTPClient.configure(None, max_clients=200)
 # The server's own API token (JUPYTERHUB_API_TOKEN): JupyterHub's defaults (the "server"
 # role: post activity, reach this server) plus the quota service, which the server calls to
 # start, scale and stop Dask clusters (at GPULAB_QUOTA_URL, set by the spawner).
@@ -165,3 +172,84 @@ c.JupyterHub.load_roles += [
     {"name": "user", "scopes": ["self", "access:services!service=gpulab-quota"]},
     {"name": "gpulab-operator", "scopes": ["custom:gpulab:operate"], "users": [settings.admin]},
 ]
+
+# --- Dashboards ----------------------------------------------------------------------
+# Every user's server and the dashboards service share one runs root (GPULAB_RUNS_DIR,
+# passed on to servers by the spawner), so the service can show a run to whoever its
+# owner shares it with. The service serves /services/dashboards/ behind the hub's login:
+# your runs and those shared with you, runs/OWNER/RUN_ID, compare, the operators' usage
+# page, and view-only links/TOKEN (no login: the token is the credential, for that run
+# only). See docs/dashboards.md. run_links = False turns view-only links off: the service
+# answers 404 for every link and servers refuse to make them (GPULAB_RUN_LINKS=0). The
+# Bokeh websocket accepts only the hub's public origin (behind a reverse proxy, put its
+# public host:port in dashboards_origins).
+runs_dir = state / "runs"
+runs_dir.mkdir(exist_ok=True)
+run_links = True
+dashboards_origins = [f"{settings.ip}:{settings.port}"]
+if settings.ip == "127.0.0.1":
+    dashboards_origins.append(f"localhost:{settings.port}")
+c.JupyterHub.services.append(
+    {
+        "name": "dashboards",
+        "url": f"http://127.0.0.1:{free_port()}",
+        "command": [sys.executable, "-m", "gpulab_hub.dashboards_service"],
+        "environment": {
+            "GPULAB_RUNS_DIR": str(runs_dir),
+            "GPULAB_RUN_LINKS": "1" if run_links else "0",
+            "GPULAB_LEDGER_URL": c.GpulabQuota.ledger_url,
+            "GPULAB_DASHBOARDS_ORIGINS": ",".join(dashboards_origins),
+        },
+        "oauth_no_confirm": True,
+        # Operators' logins keep their operator scope in the service's token (usage page).
+        "oauth_client_allowed_scopes": ["custom:gpulab:operate"],
+    }
+)
+c.JupyterHub.load_roles.append(
+    # The groups of everyone, for the usage page's "by group"; their roles, to know who
+    # instructs which workshop (an instructor may view their students' runs).
+    {"name": "dashboards", "scopes": ["list:users", "read:users:groups", "read:roles:users"],
+     "services": ["dashboards"]}
+)
+# Everyone may open the dashboards service (what they see there is decided per run).
+for role in c.JupyterHub.load_roles:
+    if role["name"] == "user":
+        role["scopes"].append("access:services!service=dashboards")
+
+# --- Workshops and roles -------------------------------------------------------------
+# Roles: researchers and students hold the default "user" role (students are limited by
+# their workshop's group policy in the ledger); each workshop's instructors hold
+# "instructor-NAME", whose scopes are filtered to the workshop's group; operators are the
+# admins. `gpulab workshop create|close` (an operator's tool) calls the hub's workshop API,
+# which creates the group, the accounts and the instructor role in one transaction of the
+# hub's database; /hub/gpulab/instructor is the instructors' page. See docs/workshops.md.
+from gpulab_hub.workshops import TEMPLATES_DIR  # noqa: E402
+from gpulab_hub.workshops import handlers as workshop_handlers  # noqa: E402
+from gpulab_hub.workshops.first_password import first_login_hook  # noqa: E402
+
+c.JupyterHub.extra_handlers = workshop_handlers()
+c.JupyterHub.template_paths = [TEMPLATES_DIR]
+# A student still on the one-time password is sent to /hub/change-password at login.
+c.Authenticator.post_auth_hook = first_login_hook
+# The token `gpulab workshop` uses on this machine (mode 0600 in the state folder).
+c.JupyterHub.services.append(
+    {
+        "name": "gpulab-workshops-cli",
+        "api_token": read_or_create_secret(state / "workshops-token", 32)[0],
+    }
+)
+c.JupyterHub.load_roles.append(
+    {
+        "name": "gpulab-workshops-cli",
+        "scopes": ["admin:users", "admin:groups", "admin:servers"],
+        "services": ["gpulab-workshops-cli"],
+    }
+)
+
+# --- Logging in through an identity provider (optional) ------------------------------
+# With GPULAB_OAUTH_CLIENT_ID set (and the other GPULAB_OAUTH_* variables: docs/oauth.md),
+# people log in through OAuth 2 / OpenID Connect (oauthenticator's GenericOAuthenticator,
+# groups from the provider's claims) instead of NativeAuthenticator. Unset: nothing changes.
+from gpulab_hub.oauth import configure_oauth  # noqa: E402
+
+configure_oauth(c)

@@ -23,6 +23,9 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
 
     web_app = serverapp.web_app
     web_app.add_handlers(".*$", handlers(web_app.settings["base_url"]))
+    from gpulab_jupyterlab.runs_handlers import handlers as runs_handlers  # the runs list
+
+    web_app.add_handlers(".*$", runs_handlers(web_app.settings["base_url"]))
     serverapp.log.info("gpulab: REST API under %sgpulab/", web_app.settings["base_url"])
 
 

@@ -4,6 +4,12 @@ user's Dask-worker limit.
 Two layers: this server's own records (which of its GPUs are free, how many workers its
 clusters run) decide at once and name the clusters in the way; the hub's quota service
 then decides for all of the user's servers together and records the cluster in the ledger.
+
+The server's GPUs are shared with its kernels: a GPU cluster started with the server's
+whole allocation (from the sidebar, the launcher, a terminal) leases its devices in the
+lease book the kernel provisioner uses (``gpulab.leases``), so it gets only devices no
+kernel holds and no kernel gets one of its devices. A cluster started in a GPU kernel uses
+that kernel's lease.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gpulab.clusters.spec import ClusterSpec
+from gpulab.leases import CLUSTER, LeaseBook, LeaseRequest, NoFreeGPU, free_them
 
 
 class ClusterLimitError(Exception):
@@ -113,3 +120,42 @@ def choose_devices(spec: ClusterSpec, allocated: Sequence[str],
             reason="gpus", limit=len(allocated), in_use=len(taken),
         )
     return free[: spec.gpus]
+
+
+def uses_server_devices(env: Mapping[str, str] | None = None) -> bool:
+    """True when this process's GPUs are the server's allocation (the Jupyter server, a
+    terminal), so its GPU clusters lease them; False in a kernel started by gpulab's
+    provisioner (which sets ``GPULAB_SERVER_DEVICES``), whose GPUs are its lease already."""
+    env = os.environ if env is None else env
+    return "GPULAB_SERVER_DEVICES" not in env
+
+
+def lease_devices(book: LeaseBook, spec: ClusterSpec, cluster_id: str, name: str,
+                  allocated: Sequence[str], others: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Lease the GPUs of a new cluster in ``book``, as a holder of kind "cluster" that lives
+    as long as this process: free ones of ``allocated`` that no other cluster of this server
+    uses (``others``) and no kernel or cluster holds. Refused, leasing nothing, with a
+    ClusterLimitError naming the holders."""
+    taken = {d: r for r in others for d in r.get("gpus", [])}
+    try:
+        lease = book.acquire(cluster_id, LeaseRequest(gpus=spec.gpus),
+                             [d for d in allocated if d not in taken], kind=CLUSTER,
+                             pid=os.getpid(), session=name)
+    except NoFreeGPU as e:
+        holders = []
+        for device in allocated:
+            if e.held_by.get(device):
+                holders.append(f"{device} held by "
+                               + "; ".join(h.describe() for h in e.held_by[device]))
+            elif device in taken:
+                record = taken[device]
+                holders.append(f"{device} used by cluster {record.get('name') or record['id']!r}")
+        free = len(allocated) - len(holders)
+        raise ClusterLimitError(
+            f"GPUs: this cluster asks for {spec.gpus} but {free} of this server's "
+            f"{len(allocated)} {'is' if free == 1 else 'are'} free: {'; '.join(holders)}. "
+            f"{free_them(e.held_by) if e.held_by else 'Stop a GPU cluster'}, or ask for "
+            "fewer GPU workers.",
+            reason="gpus", limit=len(allocated), in_use=len(holders),
+        ) from None
+    return lease.devices

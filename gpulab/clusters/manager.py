@@ -25,12 +25,15 @@ from gpulab.clusters.limits import (
     allocated_devices,
     check_workers,
     choose_devices,
+    lease_devices,
+    uses_server_devices,
     worker_limit,
 )
 from gpulab.clusters.local import build_local, make_security, security_from_json, security_to_json
 from gpulab.clusters.progress import StartProgress, in_notebook
 from gpulab.clusters.registry import ClusterNotFound, Registry, new_id, owner_identity
 from gpulab.clusters.spec import MAX_WORKERS, ClusterSpec, SpecError
+from gpulab.leases import LeaseBook, default_lease_file
 from gpulab.quota.client import QuotaClient, QuotaServiceError
 
 _FROM_ENV: Any = object()  # the default quota client: the hub's, when the env names one
@@ -198,37 +201,56 @@ def start(
     gateway = _gateway_backend(quota)  # Dask Gateway dispatch (issue #5)
     if gateway is not None:
         return gateway.start(spec, wait=wait, progress=progress)
+    # dask-jobqueue SLURMCluster dispatch (issue #9): workers as Slurm jobs, the rest local.
+    from gpulab.clusters import jobqueue
+
+    slurm = jobqueue.SlurmSettings.from_env()
+    if slurm is not None:
+        return jobqueue.start(
+            spec, slurm, wait=wait, progress=progress, registry=registry, owner_kind=owner_kind,
+            quota=QuotaClient.from_env() if quota is _FROM_ENV else quota,
+        )
     registry = registry or Registry()
     quota = QuotaClient.from_env() if quota is _FROM_ENV else quota
     name = spec.name or f"cluster-{len(registry.records()) + 1}"
     with registry.locked():
         live = _live(registry, quota)
         check_workers(spec.workers, live, worker_limit())
-        devices = choose_devices(spec, allocated_devices() if spec.gpus else [], live)
+        allocated = allocated_devices() if spec.gpus else []
+        devices = choose_devices(spec, allocated, live)
         cluster_id = new_id()
-        if quota is not None:
-            try:
-                quota.admit_cluster(cluster_id, name, spec.workers, spec.gpus, devices)
-            except QuotaServiceError as e:
-                raise owners._refusal(e) from None
-        security = make_security(spec.protocol)
-        record = {
-            "id": cluster_id,
-            "name": name,
-            "status": "starting",
-            "error": None,
-            "created": owners.now_iso(),
-            "owner": {"kind": owner_kind or _owner_kind(), **owner_identity()},
-            "workers_requested": spec.workers,
-            "workers": [],
-            "gpus": devices,
-            "spec": spec.to_json(),
-            "scheduler_address": None,
-            "dashboard_port": None,
-            "security": security_to_json(security),
-        }
-        registry.write(record)
-    owned = owners.OwnedCluster(record, spec, registry, quota)
+        # The server's own GPUs are shared with its kernels: lease them (see limits).
+        book = LeaseBook(default_lease_file()) if devices and uses_server_devices() else None
+        if book is not None:
+            devices = lease_devices(book, spec, cluster_id, name, allocated, live)
+        try:
+            if quota is not None:
+                try:
+                    quota.admit_cluster(cluster_id, name, spec.workers, spec.gpus, devices)
+                except QuotaServiceError as e:
+                    raise owners._refusal(e) from None
+            security = make_security(spec.protocol)
+            record = {
+                "id": cluster_id,
+                "name": name,
+                "status": "starting",
+                "error": None,
+                "created": owners.now_iso(),
+                "owner": {"kind": owner_kind or _owner_kind(), **owner_identity()},
+                "workers_requested": spec.workers,
+                "workers": [],
+                "gpus": devices,
+                "spec": spec.to_json(),
+                "scheduler_address": None,
+                "dashboard_port": None,
+                "security": security_to_json(security),
+            }
+            registry.write(record)
+        except BaseException:
+            if book is not None:  # refused or broken before it started: nothing holds them
+                book.release(cluster_id)
+            raise
+    owned = LeasedCluster(record, spec, registry, quota, book)
     owners.adopt(owned)
     thread = threading.Thread(
         target=_launch_quietly,
@@ -252,6 +274,25 @@ def start(
     if show is not None:
         show.update("running", len(owned.record["workers"]), force=True)
     return handle
+
+
+class LeasedCluster(owners.OwnedCluster):
+    """A cluster this process owns whose GPUs are leased in ``book`` (None: no lease): the
+    lease goes when it stops or fails to start, wherever the stop came from (this process,
+    the sidebar through the scheduler, the server shutting down). A killed owner's lease is
+    dropped by the lease book itself, which drops leases of dead processes."""
+
+    def __init__(self, record: dict[str, Any], spec: ClusterSpec, registry: Registry,
+                 quota: QuotaClient | None, book: LeaseBook | None):
+        super().__init__(record, spec, registry, quota)
+        self.book = book
+
+    def _teardown(self, reason: str, keep_record: bool = False) -> None:
+        try:
+            super()._teardown(reason, keep_record=keep_record)
+        finally:
+            if self.book is not None:
+                self.book.release(self.id)
 
 
 def _stage(owned: owners.OwnedCluster) -> str:
@@ -366,10 +407,18 @@ def stop(
         raise ClusterBusy(f"cluster {handle.name!r} is still starting; stop it once it runs")
     _scheduler_call(handle._record, "gpulab_stop")
     deadline = time.monotonic() + timeout
-    while handle._registry.path(handle.id).exists():
+    while handle._registry.path(handle.id).exists() or _leased(handle):
         if time.monotonic() > deadline:
             raise TimeoutError(f"cluster {handle.name!r} did not stop within {timeout} s")
         time.sleep(0.05)
+
+
+def _leased(handle: Cluster) -> bool:
+    """True while a GPU cluster's lease is in the lease book: its owner releases it just
+    after removing the record, and a kernel started right after ``stop`` must find it free."""
+    if not handle.gpus:
+        return False
+    return any(x.kernel_id == handle.id for x in LeaseBook(default_lease_file()).leases())
 
 
 def close_owned() -> int:

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["RunData", "RunView", "serve_run", "show"]
+__all__ = ["LaunchModel", "Launcher", "RunData", "RunView", "launcher", "serve_run", "show"]
+
+_COMPARE_AND_USAGE = {
+    "CompareData": "gpulab.dashboards.compare", "CompareView": "gpulab.dashboards.compare",
+    "UsageData": "gpulab.dashboards.usage", "UsageView": "gpulab.dashboards.usage",
+}
+__all__ += sorted(_COMPARE_AND_USAGE)
+
 
 
 def __getattr__(name: str) -> Any:
@@ -21,6 +28,15 @@ def __getattr__(name: str) -> Any:
         from gpulab.dashboards.views import RunView
 
         return RunView
+    if name in ("launcher", "Launcher", "LaunchModel"):  # the launcher dashboard
+        import importlib
+
+        module = importlib.import_module("gpulab.dashboards.launcher")
+        return module if name == "launcher" else getattr(module, name)
+    if name in _COMPARE_AND_USAGE:  # several runs compared; the operators' usage view
+        import importlib
+
+        return getattr(importlib.import_module(_COMPARE_AND_USAGE[name]), name)
     raise AttributeError(name)
 
 
@@ -38,15 +54,15 @@ def show(run: Any, **params: Any) -> Any:
 
 def serve_run(run: Any, port: int = 0, *, address: str = "127.0.0.1", **kwargs: Any) -> Any:
     """Serve ``run``'s dashboard at ``http://address:port/`` from a thread; returns the
-    server (``.stop()`` it). Each browser session gets its own view. ``kwargs`` go to
-    ``pn.serve``."""
+    server (``.stop()`` it). Each browser session gets its own view of the run's one
+    shared ``RunData``. ``kwargs`` go to ``pn.serve``."""
     import panel as pn
 
     from gpulab.dashboards.data import RunData
     from gpulab.dashboards.views import RunView
 
     def app() -> Any:
-        return RunView(data=RunData(run))
+        return RunView(data=RunData.shared(run))
 
     kwargs.setdefault("title", "gpulab run")
     server = pn.serve(app, port=port, address=address, threaded=True, show=False, **kwargs)

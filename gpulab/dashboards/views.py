@@ -23,10 +23,10 @@ import param
 from bokeh.models import ColumnDataSource
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
-from panel.viewable import Viewer
 
 from gpulab.dashboards.data import RunData
 from gpulab.dashboards.downsample import DEFAULT_THRESHOLD, lttb_indices, smooth
+from gpulab.dashboards.live import LiveViewer
 
 GPU_PLOTS = (
     ("gpu_utilization_pct", "GPU utilisation (%)"),
@@ -34,6 +34,11 @@ GPU_PLOTS = (
     ("gpu_power_w", "GPU power (W)"),
     ("energy_total", "GPU energy (Wh)"),
 )
+
+
+# Logged to compute a rate (samples/s has its own plot), not worth a plot by default;
+# the chooser still offers them.
+COUNTERS = frozenset({"samples"})
 
 
 def _label(name: str) -> str:
@@ -66,11 +71,12 @@ class _Line:
         self.key, self.seen = key, n
 
 
-class RunView(Viewer):
+class RunView(LiveViewer):
     """One run, live. ``RunView(data=RunData(run))``; ``refresh()`` reads and redraws."""
 
     data = param.ClassSelector(class_=RunData, constant=True)
-    selected = param.List(default=[], doc="The metrics plotted (all, until chosen).")
+    selected = param.List(default=[], doc="The metrics plotted (all but counters such as "
+                          "samples, until chosen).")
     smoothing = param.Number(default=0.0, bounds=(0, 0.99), doc="EMA weight, 0: none.")
     log_scale = param.Boolean(default=False)
     threshold = param.Integer(default=DEFAULT_THRESHOLD, bounds=(3, None),
@@ -92,7 +98,6 @@ class RunView(Viewer):
         self._rate_lines: dict[str, _Line] = {}
         self._gpu_figures: dict[str, Any] = {}
         self._gpu_lines: dict[tuple[str, str], _Line] = {}
-        self._callback: Any = None
         self._synced = -1  # the data's version last drawn (the data may be shared)
         self._chooser.param.watch(self._on_choose, "value")
         self._slider.link(self, value="smoothing")
@@ -109,19 +114,8 @@ class RunView(Viewer):
 
     # -- Panel ----------------------------------------------------------------------------
 
-    def __panel__(self) -> pn.viewable.Viewable:
-        pn.state.onload(self._start)
-        return self._layout
 
-    def _start(self) -> None:
-        if self._callback is None:
-            self._callback = pn.state.add_periodic_callback(self.refresh, period=self.period)
-            pn.state.on_session_destroyed(lambda context: self.stop())
 
-    def stop(self) -> None:
-        if self._callback is not None:
-            self._callback.stop()
-            self._callback = None
 
     def refresh(self) -> None:
         """Tail the run; redraw what changed (since this view last drew: another view
@@ -164,8 +158,9 @@ class RunView(Viewer):
         self._synced = data.version
         names = list(data.metrics)
         self._chooser.options = {_label(n): n for n in names}
-        if not self._chosen and self.selected != names:
-            self.selected = names  # all, until the user chooses: rebuilds, then syncs
+        shown = [n for n in names if n not in COUNTERS] or names
+        if not self._chosen and self.selected != shown:
+            self.selected = shown  # all, until the user chooses: rebuilds, then syncs
             return
         self._chooser.value = [n for n in self.selected if n in names]
         alpha = self.smoothing

@@ -23,6 +23,7 @@ from typing import Any
 
 from gpulab.ledger_cli import CommandError, add_ledger_argument, command, open_ledger
 from gpulab.quota.policy import CONFIG_KEYS, PolicyError, PolicyLevel, PolicySet, override_setting
+from gpulab.quota.reservations_cli import add_reserve_command
 from gpulab.units import format_duration, parse_duration
 
 PRECEDENCE = (
@@ -280,5 +281,8 @@ def register(subparsers) -> None:
     sub.add_argument("--json", action="store_true", help="print JSON")
     add_ledger_argument(sub)
     sub.set_defaults(handler=command("quota usage", usage))
+
+    # Class-time reservations (also under `gpulab workshop`): reserve, reservations, unreserve.
+    add_reserve_command(commands)
 
     parser.set_defaults(handler=lambda args: parser.print_help() or 2)

@@ -44,7 +44,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -67,6 +67,10 @@ from gpulab.quota.models import (
 )
 from gpulab.quota.models import policy_overrides as overrides_table
 from gpulab.quota.policy import OVERRIDE_LEVELS, Policy, PolicyError, PolicyLevel, override_setting
+from gpulab.quota.reservations import Refusal as _Refusal
+from gpulab.quota.reservations import admission as reservation_admission
+from gpulab.quota.reservations import record_draw as record_reservation_draw
+from gpulab.quota.reservations import reservation_draws, reservations_table
 
 T = TypeVar("T")
 
@@ -537,6 +541,8 @@ class Ledger:
         policy: Policy,
         devices: Sequence[str],
         actor: str | None = None,
+        groups: Iterable[str] = (),
+        mig: str | None = None,
     ) -> Grant:
         """Grant ``gpus`` of ``devices`` (the node's inventory) to ``user``'s ``server``.
 
@@ -545,13 +551,24 @@ class Ledger:
         devices. A refusal raises :class:`QuotaDenied` after committing a ``denied`` audit
         event; a grant commits the allocation, its leases and a ``granted`` event together.
         ``gpus=0`` (a CPU server) is granted and recorded with no devices.
+
+        Reservations (``gpulab.quota.reservations``): after the free-device check, a GPU
+        request is checked against the reservations of its pool (``mig``: the MIG slice
+        profile of ``devices``, None for whole GPUs); ``groups`` (the user's groups) says
+        which reservations the user may draw on. Refusals: "reserved" and
+        "reservation_full" (409).
         """
         gpus = _check_gpus(gpus)
+        if isinstance(groups, str):
+            raise ValueError(f"groups must be a collection of group names, not {groups!r}")
+        groups = frozenset(groups)
         user = _check_name("user", user)
         server = _check_name("server", server, empty_ok=True)
         inventory = _check_devices(devices)
         decision = self._write(
-            lambda conn, now: self._decide(conn, now, user, server, gpus, policy, inventory, actor)
+            lambda conn, now: self._decide(
+                conn, now, user, server, gpus, policy, inventory, actor, groups, mig
+            )
         )
         if isinstance(decision, QuotaDenied):
             raise decision
@@ -567,6 +584,8 @@ class Ledger:
         policy: Policy,
         inventory: list[str],
         actor: str | None,
+        groups: frozenset[str] = frozenset(),
+        mig: str | None = None,
     ) -> Grant | QuotaDenied:
         request = {"gpus": gpus, "server": server}
 
@@ -615,6 +634,7 @@ class Ledger:
                     window_seconds=policy.window_seconds,
                 )
         chosen: list[str] = []
+        drawing = None  # the reservation this grant draws on
         if gpus:
             total = len(inventory)
             leased = set(conn.scalars(select(device_leases.c.device_uuid)))
@@ -637,6 +657,17 @@ class Ledger:
                 if total == 1 and not free:
                     message = "the node's only GPU is in use"
                 return deny("capacity", message, 409, free=len(free), total=total)
+            drawing = reservation_admission(
+                conn,
+                now,
+                groups=groups,
+                gpus=gpus,
+                mig=mig,
+                free=len(free),
+                horizon_seconds=policy.max_session_seconds,
+            )
+            if isinstance(drawing, _Refusal):
+                return deny(drawing.reason, drawing.message, 409, **drawing.figures)
             chosen = free[:gpus]
 
         allocation_id = conn.execute(
@@ -656,9 +687,11 @@ class Ledger:
                 insert(device_leases),
                 [{"device_uuid": uuid, "allocation_id": allocation_id} for uuid in chosen],
             )
-        self._audit(
-            conn, now, "granted", user, allocation_id, actor, None, request | {"devices": chosen}
-        )
+        granted = request | {"devices": chosen}
+        if drawing is not None:
+            record_reservation_draw(conn, allocation_id, drawing)
+            granted["reservation_id"] = drawing
+        self._audit(conn, now, "granted", user, allocation_id, actor, None, granted)
         return Grant(allocation_id, user, server, tuple(chosen), now)
 
     # closing and accounting -----------------------------------------------------------
@@ -1354,7 +1387,7 @@ class Ledger:
         if document.get("version") != BACKUP_VERSION:
             raise ValueError(f"{path}: unsupported backup version {document.get('version')!r}")
         tables = {t.name: t for t in _BACKUP_TABLES}
-        optional = {overrides_table.name, clusters.name}
+        optional = {t.name for t in _OPTIONAL_TABLES}
         try:
             rows = {
                 name: [
@@ -1376,13 +1409,21 @@ class Ledger:
             )
             if present and not replace:
                 raise ValueError("the ledger is not empty; restore with replace=True to overwrite")
-            for table in (clusters, device_leases, allocations, audit_events, overrides_table):
+            for table in (
+                reservation_draws,
+                reservations_table,
+                clusters,
+                device_leases,
+                allocations,
+                audit_events,
+                overrides_table,
+            ):
                 conn.execute(delete(table))
             for table in _BACKUP_TABLES:
                 if rows[table.name]:
                     conn.execute(insert(table), rows[table.name])
             if self.backend == "postgresql":
-                for table in (allocations, audit_events, clusters):
+                for table in (allocations, audit_events, clusters, reservations_table):
                     conn.execute(
                         text(
                             f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
@@ -1394,13 +1435,25 @@ class Ledger:
         return self._write(run)
 
 
-# In insertion order: a cluster refers to its allocation.
-_BACKUP_TABLES = (allocations, device_leases, audit_events, overrides_table, clusters)
+# In insertion order: a cluster refers to its allocation, a draw to its allocation and
+# reservation.
+_BACKUP_TABLES = (
+    allocations,
+    device_leases,
+    audit_events,
+    overrides_table,
+    clusters,
+    reservations_table,
+    reservation_draws,
+)
+# Tables added after the backup format: a file without them restores none, and counts
+# show them only when they have rows.
+_OPTIONAL_TABLES = (overrides_table, clusters, reservations_table, reservation_draws)
 
 
 def _counts(tables: Mapping[str, list]) -> dict[str, int]:
     counts = {name: len(rows) for name, rows in tables.items()}
-    for optional in (overrides_table.name, clusters.name):
+    for optional in (t.name for t in _OPTIONAL_TABLES):
         if not counts.get(optional):
             counts.pop(optional, None)
     return counts

@@ -1,6 +1,11 @@
 """Spawn profiles: the choices a user gets on the spawn form, built from the node's GPUs
 and the user's policy, each saying whether it can be had now and, if not, why.
 
+During a class-time reservation (``gpulab.quota.reservations``), ``with_reservations``
+asks the ledger's own admission rule what each GPU profile would get: a user outside the
+workshop sees profiles only reserved GPUs could satisfy greyed ("reserved for workshop G
+until 14:00 UTC"), a member sees what the reservation still offers.
+
 Profiles are named by their GPU count ("cpu", "1-gpu", "2-gpus", ...) so a request can
 be given either as ``{"profile": "2-gpus"}`` (the form) or ``{"gpus": 2}`` (the API).
 User options are untrusted: ``parse_spawn_options`` accepts exactly those two keys.
@@ -11,9 +16,17 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import TYPE_CHECKING
 
+from sqlalchemy import select
+
+from gpulab.quota import reservations
 from gpulab.quota.policy import Policy
 from gpulab.units import format_duration
+
+if TYPE_CHECKING:
+    from gpulab.quota.ledger import Ledger
 
 # GPU counts offered as profiles (those that fit the node).
 GPU_COUNTS = (1, 2, 4, 8)
@@ -50,6 +63,7 @@ class Profile:
     available: bool
     reason: str = ""  # why not available; empty when it is
     mig: str | None = None  # a MIG slice profile ("1g.10gb"): one slice of that size
+    note: str = ""  # about an available one (it comes from the user's workshop reservation)
 
     def to_json(self) -> dict:
         return {
@@ -59,6 +73,7 @@ class Profile:
             "mig": self.mig,
             "available": self.available,
             "reason": self.reason,
+            "note": self.note,
         }
 
 
@@ -115,6 +130,70 @@ def _unavailable_reason(profile: Profile, policy: Policy, capacity: Capacity) ->
     return ""
 
 
+def with_reservations(
+    profiles: list[Profile], ledger: Ledger, capacity: Capacity, *, policy: Policy,
+    groups: Iterable[str],
+) -> list[Profile]:
+    """``profiles`` (from ``build_profiles``) as the reservations leave them for a user in
+    ``groups`` now, by the rule ``Ledger.admit`` applies (``reservations.admission``, in
+    one read transaction): a GPU profile admission would refuse is greyed with a short
+    reason; one that would draw on the user's workshop reservation gets a note saying
+    so. Profiles already greyed keep their reason (the form shows the first obstacle)."""
+    if not any(p.gpus and p.available for p in profiles):
+        return profiles  # nothing a reservation could change (a CPU-only node, say)
+    groups = list(groups)
+    out = []
+    with ledger._transaction(write=False) as (conn, now):
+        for profile in profiles:
+            if profile.gpus == 0 or not profile.available:
+                out.append(profile)
+                continue
+            free = (capacity.free_gpus if profile.mig is None
+                    else capacity.mig_slices.get(profile.mig, (0, 0))[1])
+            decision = reservations.admission(
+                conn, now, groups=groups, gpus=profile.gpus, mig=profile.mig, free=free,
+                horizon_seconds=policy.max_session_seconds,
+            )
+            if decision is None:
+                out.append(profile)
+            elif isinstance(decision, reservations.Refusal):
+                reason = _reservation_reason(conn, now, decision, profile)
+                out.append(replace(profile, available=False, reason=reason))
+            else:
+                row = _reservation_row(conn, decision)
+                note = (f"from workshop {row.group}'s reservation of "
+                        f"{_count(row.gpus, profile.mig)}, until "
+                        f"{reservations.clock(row.ends_at, now)}")
+                out.append(replace(profile, note=note))
+    return out
+
+
+def _count(n: int, mig: str | None) -> str:
+    return f"{n} {mig} slice{'s' * (n != 1)}" if mig else f"{n} GPU{'s' * (n != 1)}"
+
+
+def _reservation_row(conn, reservation_id: int):
+    table = reservations.reservations_table
+    return conn.execute(select(table).where(table.c.id == reservation_id)).one()
+
+
+def _reservation_reason(conn, now: datetime, refusal, profile: Profile) -> str:
+    """The form's short text for an admission refusal by reservation."""
+    clock = reservations.clock
+    figures = refusal.figures
+    if refusal.reason == "reservation_full":
+        row = _reservation_row(conn, figures["reservation_id"])
+        return (f"your workshop {row.group} has {_count(row.gpus, profile.mig)} reserved until "
+                f"{clock(row.ends_at, now)}; {figures['in_use']} in use")
+    holders = []
+    for reservation_id in figures.get("reservations", []):
+        row = _reservation_row(conn, reservation_id)
+        window = (f"until {clock(row.ends_at, now)}" if row.starts_at <= now
+                  else f"from {clock(row.starts_at, now)} until {clock(row.ends_at, now)}")
+        holders.append(f"workshop {row.group} {window}")
+    return "reserved for " + "; ".join(holders or ["a workshop"])
+
+
 def parse_spawn_options(options: Mapping, profiles: list[Profile]) -> Profile:
     """The profile a request asks for; BadSpawnOptions naming the field otherwise.
 
@@ -169,6 +248,10 @@ def render_form(profiles: list[Profile]) -> str:
             if p.reason
             else ""
         )
+        if p.note:
+            note = html.escape(p.note)
+            reason += f' <span class="gpulab-profile-note text-muted">({note})</span>'
+
         rows.append(
             f'<div class="radio gpulab-profile" data-profile="{name}">'
             f'<label><input type="radio" name="profile" value="{name}"{checked}{disabled}> '

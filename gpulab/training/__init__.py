@@ -15,8 +15,10 @@ from typing import Any
 
 from gpulab.training.context import TrainContext
 
-__all__ = ["RankFailed", "TrainContext", "TrainingError", "plan_ranks", "run"]
+__all__ = ["HyperparameterError", "Param", "RankFailed", "TrainContext", "TrainingError",
+           "plan_ranks", "register", "registry", "run"]
 _LAUNCHER = {"TrainingError", "plan_ranks", "run"}
+_REGISTRY = {"HyperparameterError", "Param", "register"}  # training functions by name
 
 
 def __getattr__(name: str) -> Any:
@@ -28,4 +30,12 @@ def __getattr__(name: str) -> Any:
         from gpulab.training.pool import RankFailed
 
         return RankFailed
+    if name in _REGISTRY:
+        from gpulab.training import registry
+
+        return getattr(registry, name)
+    if name in ("registry", "examples"):  # the launcher dashboard's training functions
+        import importlib
+
+        return importlib.import_module(f"gpulab.training.{name}")
     raise AttributeError(f"module 'gpulab.training' has no attribute {name!r}")

@@ -15,9 +15,11 @@ from nativeauthenticator import NativeAuthenticator
 from traitlets import Unicode
 
 from gpulab_hub.secrets import read_or_create_secret
+from gpulab_hub.usernames import NormalizedUsernames
 
 
-class GpulabNativeAuthenticator(NativeAuthenticator):
+# Usernames: NFKC, casefold, a safe ASCII set (gpulab_hub.usernames), in one place.
+class GpulabNativeAuthenticator(NormalizedUsernames, NativeAuthenticator):
     admin_password_file = Unicode(
         "",
         config=True,

@@ -25,6 +25,7 @@ from gpulab.gpus import Inventory, StaticInventory, detect_inventory
 from gpulab.quota.ledger import Ledger
 from gpulab.quota.policy import OVERRIDE_LEVELS, Policy, PolicySet
 from gpulab.quota.profiles import Capacity, Profile
+from gpulab.quota.reservations import Reservation, reserve
 
 # The name of the quota service in c.JupyterHub.services (its URL prefix is
 # /services/gpulab-quota/).
@@ -173,6 +174,24 @@ class GpulabQuota(SingletonConfigurable):
             "overrides": overrides,
             "effective": self.policies.with_overrides(overrides).to_config(),
         }
+
+    def reserve(
+        self,
+        group: str,
+        gpus: int,
+        start: AnyType,
+        end: AnyType,
+        *,
+        mig: str | None = None,
+        actor: str | None = None,
+    ) -> Reservation:
+        """A class-time reservation of this node's GPUs (or ``mig`` slices) for ``group``:
+        ``gpulab.quota.reservations.reserve`` with the pool's size from the inventory.
+        Raises ``ReservationError`` naming the bad field, with nothing written."""
+        capacity = len(self.mig_slices().get(mig, [])) if mig else len(self.whole_gpus())
+        return reserve(
+            self.ledger, group, gpus, start, end, capacity=capacity, mig=mig, actor=actor
+        )
 
     def capacity_for(self, username: str, policy: Policy) -> Capacity:
         open_allocations = self.ledger.open_allocations()

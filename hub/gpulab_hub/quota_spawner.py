@@ -34,6 +34,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from tornado import web
 from traitlets import HasTraits, Integer, default
 
@@ -44,8 +46,19 @@ from gpulab.quota.profiles import (
     offered_profiles,
     parse_spawn_options,
     render_form,
+    with_reservations,
 )
+from gpulab_hub.course import add_course_material
 from gpulab_hub.quota import QUOTA_SERVICE_NAME, GpulabQuota
+
+# The ledger's database can't be reached (down, restarting, unreachable, or its lock held
+# past the busy timeout): spawns fail closed with LEDGER_UNREACHABLE_MESSAGE (HTTP 503).
+LEDGER_UNREACHABLE = (OperationalError, InterfaceError, PoolTimeoutError)
+LEDGER_UNREACHABLE_MESSAGE = (
+    "The quota ledger is unreachable, so no server can be started right now (gpulab "
+    "starts no server it cannot account for). Try again in a minute; if this persists, "
+    "tell your operator."
+)
 
 
 def user_facing_error(status: int, message: str) -> web.HTTPError:
@@ -77,14 +90,22 @@ class QuotaSpawnerMixin(HasTraits):
 
     def _profiles(self):
         policy = self._policy()
-        return build_profiles(policy, self.quota.capacity_for(self.user.name, policy))
+        capacity = self.quota.capacity_for(self.user.name, policy)
+        # Greyed as the ledger's reservations would refuse them ("reserved for workshop G").
+        return with_reservations(
+            build_profiles(policy, capacity), self.quota.ledger, capacity, policy=policy,
+            groups=[g.name for g in self.user.groups],
+        )
 
     @default("options_form")
     def _default_options_form(self):
         # A callable: the form is rebuilt at each visit, with what is free right now.
         # With a single choice (a CPU-only node) there is nothing to ask: no form.
         def form(spawner):
-            profiles = spawner._profiles()
+            try:
+                profiles = spawner._profiles()
+            except LEDGER_UNREACHABLE as e:
+                raise spawner._ledger_unreachable(e) from None
             return render_form(profiles) if len(profiles) > 1 else ""
 
         return form
@@ -121,6 +142,10 @@ class QuotaSpawnerMixin(HasTraits):
         url = self.quota_service_url()
         if url:
             env["GPULAB_QUOTA_URL"] = url
+        # The dashboards service: its runs root, whether links are on, its URL.
+        from gpulab_hub.dashboards_env import dashboards_env
+
+        env.update(dashboards_env(getattr(self.user, "settings", {}) or {}))
         return env
 
     def quota_service_url(self) -> str:
@@ -140,13 +165,13 @@ class QuotaSpawnerMixin(HasTraits):
             profile = parse_spawn_options(self.user_options or {}, self._offered(policy))
         except BadSpawnOptions as e:
             raise user_facing_error(400, str(e)) from None
+        except LEDGER_UNREACHABLE as e:
+            raise self._ledger_unreachable(e) from None
         quota = self.quota
-        # The hub starts a server only when it is not running, so an open allocation
-        # left for this server (a hub killed before it could release) is stale.
-        stale = await asyncio.to_thread(quota.ledger.find_open, self.user.name, self.name)
-        if stale is not None:
-            await asyncio.to_thread(quota.ledger.release, stale.id, reason="reconciled")
         try:
+            # The hub starts a server only when it is not running, so an open allocation
+            # left for this server (a hub killed before it could release) is stale.
+            await self._release_lost()
             grant = await asyncio.to_thread(
                 quota.ledger.admit,
                 user=self.user.name,
@@ -155,13 +180,21 @@ class QuotaSpawnerMixin(HasTraits):
                 policy=policy,
                 devices=quota.device_pool(profile),
                 actor=self.user.name,
+                # Reservations: members of a workshop group draw on its reserved GPUs.
+                groups=[g.name for g in self.user.groups],
+                mig=profile.mig,
             )
         except QuotaDenied as e:
             raise user_facing_error(e.status_code, str(e)) from None
+        except LEDGER_UNREACHABLE as e:
+            raise self._ledger_unreachable(e) from None
         self.allocation_id = grant.allocation_id
         self.granted_devices = tuple(grant.device_uuids)
         self._spawn_policy = policy
         try:
+            # The workshops' notebooks the student lacks (gpulab_hub.course); never raises
+            # for a course problem.
+            await add_course_material(self)
             return await super().start()
         except BaseException:
             await self._release("start_failed")
@@ -181,6 +214,16 @@ class QuotaSpawnerMixin(HasTraits):
     async def poll(self):
         status = await super().poll()
         if status is not None and not self._stopping:
+            if self.allocation_id is None and not self._start_pending:
+                # Gone, and no allocation in our state: the hub lost it (killed during
+                # this server's spawn, before JupyterHub saved the state; its restart
+                # polls the server, finds it gone and stops it). Close what the ledger
+                # still holds for this server now, rather than at the quota service's
+                # reconciliation or this server's next spawn.
+                try:
+                    await self._release_lost()
+                except LEDGER_UNREACHABLE as e:
+                    self.log.warning("Quota ledger unreachable, polling %s: %s", self._log_name, e)
             await self._release("exited")
         return status
 
@@ -190,7 +233,30 @@ class QuotaSpawnerMixin(HasTraits):
         allocation_id, self.allocation_id = self.allocation_id, None
         self.granted_devices = ()
         self._spawn_policy = None
-        await asyncio.to_thread(self.quota.ledger.release, allocation_id, reason=reason)
+        try:
+            await asyncio.to_thread(self.quota.ledger.release, allocation_id, reason=reason)
+        except LEDGER_UNREACHABLE as e:
+            # The server is gone all the same; its row stays open until the ledger is back,
+            # then the next spawn of this server or the quota service's reconciliation
+            # closes it (as "reconciled").
+            self.log.warning(
+                "Allocation %s of %s stays open: the quota ledger is unreachable (%s)",
+                allocation_id,
+                self._log_name,
+                e,
+            )
+
+    async def _release_lost(self):
+        """Release the open allocation the ledger holds for this server, if any (one this
+        spawner's state does not know of)."""
+        ledger = self.quota.ledger
+        lost = await asyncio.to_thread(ledger.find_open, self.user.name, self.name)
+        if lost is not None:
+            await asyncio.to_thread(ledger.release, lost.id, reason="reconciled")
+
+    def _ledger_unreachable(self, error: Exception) -> web.HTTPError:
+        self.log.error("Quota ledger unreachable, refusing %s: %s", self._log_name, error)
+        return user_facing_error(503, LEDGER_UNREACHABLE_MESSAGE)
 
     def get_state(self):
         state = super().get_state()

@@ -1,5 +1,10 @@
-"""gpulab_kernels: kernelspecs and a kernel provisioner that leases GPUs to kernels.
+"""gpulab_kernels: the kernelspecs "Python 3 (gpulab GPU)" and "Python 3 (gpulab CPU)" and
+the kernel provisioner that leases GPUs of the server's allocation to each kernel.
 
-Only the package exists so far: the provisioner and the GPU/CPU kernelspecs are built
-by the kernels issue (#8). No kernelspec is installed from here yet.
+- ``leases``: the lease book (a locked JSON file in the runtime dir) and device choice;
+- ``provisioner``: ``GpuLeaseProvisioner``, entry point ``gpulab-gpu-provisioner``;
+- ``kernelspecs``: the two kernelspecs and ``gpulab kernels install`` (``cli``);
+- ``notice``: the IPython extension that tells a CPU-fallback kernel's user why.
+
+See docs/kernels.md.
 """

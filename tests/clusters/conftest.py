@@ -18,6 +18,9 @@ def registry(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     folder = tmp_path / "clusters"
     monkeypatch.setenv("GPULAB_CLUSTERS_DIR", str(folder))
+    # GPU clusters lease their devices (gpulab.leases): in this test's folder, not the
+    # user's Jupyter runtime folder.
+    monkeypatch.setenv("GPULAB_KERNEL_LEASES", str(tmp_path / "leases.json"))
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     yield clusters.Registry(folder)
     left = clusters.close_owned()

@@ -68,7 +68,7 @@ def test_bad_environment_stops_the_hub_with_the_variable_named(monkeypatch, tmp_
 def test_services_run_with_only_the_scopes_they_need(monkeypatch, tmp_path):
     c = load_config(monkeypatch, tmp_path / "state")
     services = {service["name"]: service for service in c.JupyterHub.services}
-    assert set(services) == {"idle-culler", "gpulab-quota"}
+    assert set(services) == {"idle-culler", "gpulab-quota", "dashboards", "gpulab-workshops-cli"}
     assert "jupyterhub_idle_culler" in services["idle-culler"]["command"]
     quota_command = services["gpulab-quota"]["command"]
     assert quota_command[-2:] == ["--config", str(REPO / "jupyterhub_config.py")]
@@ -85,6 +85,17 @@ def test_services_run_with_only_the_scopes_they_need(monkeypatch, tmp_path):
     # Every user may ask the quota service about themselves; only operators more.
     assert "access:services!service=gpulab-quota" in roles["user"]["scopes"]
     assert roles["gpulab-operator"]["users"] == ["admin"]
+    # The dashboards service reads who is in which group and who holds which role (an
+    # instructor-NAME role shows that workshop's runs), nothing more; every user may
+    # open it (what they see is decided per run).
+    assert set(roles["dashboards"]["scopes"]) == {
+        "list:users", "read:users:groups", "read:roles:users"}
+    assert "access:services!service=dashboards" in roles["user"]["scopes"]
+    # The workshop tool's token administers users, groups and servers; it runs no process.
+    assert "command" not in services["gpulab-workshops-cli"]
+    assert roles["gpulab-workshops-cli"]["services"] == ["gpulab-workshops-cli"]
+    assert not any(s.startswith("admin:") for r in roles.values()
+                   if r["name"] not in ("gpulab-workshops-cli", "admin") for s in r["scopes"])
 
 
 def test_a_servers_own_token_may_call_the_quota_service(monkeypatch, tmp_path):
@@ -122,3 +133,19 @@ def test_internal_ports_are_kept_for_the_next_start_of_the_same_state(monkeypatc
     second = load_config(monkeypatch, tmp_path / "state")
     assert first.JupyterHub.hub_bind_url == second.JupyterHub.hub_bind_url
     assert first.ConfigurableHTTPProxy.api_url == second.ConfigurableHTTPProxy.api_url
+
+
+def test_oauth_login_is_switched_on_by_its_environment_only(monkeypatch, tmp_path):
+    for name in ("GPULAB_OAUTH_CLIENT_ID",):
+        monkeypatch.delenv(name, raising=False)
+    native = load_config(monkeypatch, tmp_path / "native")
+    assert native.JupyterHub.authenticator_class == "gpulab-native"
+    monkeypatch.setenv("GPULAB_OAUTH_CLIENT_ID", "gpulab")
+    monkeypatch.setenv("GPULAB_OAUTH_CLIENT_SECRET", "s3cret")
+    monkeypatch.setenv("GPULAB_OAUTH_AUTHORIZE_URL", "https://idp.example/auth")
+    monkeypatch.setenv("GPULAB_OAUTH_TOKEN_URL", "https://idp.example/token")
+    monkeypatch.setenv("GPULAB_OAUTH_USERDATA_URL", "https://idp.example/userinfo")
+    monkeypatch.setenv("GPULAB_OAUTH_CALLBACK_URL", "https://hub.example/hub/oauth_callback")
+    oauth = load_config(monkeypatch, tmp_path / "oauth")
+    assert oauth.JupyterHub.authenticator_class == "gpulab-oauth"
+    assert oauth.GpulabGenericOAuthenticator.client_id == "gpulab"

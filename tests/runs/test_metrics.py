@@ -98,16 +98,21 @@ def test_records_longer_than_a_read_chunk_are_read_whole(tmp_path):
     assert [r["step"] for r in run.read_metrics(cursor)[0]] == [1]
 
 
-def test_logging_every_step_costs_microseconds(store):
-    """The default sync interval keeps fsync off the per-step path (a loose bound here; the
-    measured cost is ~9 us per call on a local disk)."""
+def test_logging_every_step_keeps_fsync_off_the_per_step_path(store, monkeypatch):
+    """The default sync interval (2 s) syncs at most once per interval, not per record:
+    what keeps run.log at microseconds (measured by bench.ddp's logging row)."""
+    import gpulab.runs.metrics as metrics
+
+    syncs = []
+    monkeypatch.setattr(metrics, "_datasync", lambda fd: syncs.append(time.monotonic()))
     run = store.create("alice")
     run.log(0, loss=1.0)
     count = 20_000
-    started = time.perf_counter()
+    started = time.monotonic()
     for step in range(1, count + 1):
         run.log(step, loss=0.5, lr=0.001, samples_per_s=1234.5)
-    per_call = (time.perf_counter() - started) / count
-    run.close()
-    assert per_call < 200e-6, f"{per_call * 1e6:.1f} us per run.log"
+    elapsed = time.monotonic() - started
+    assert len(syncs) <= 1 + elapsed / metrics.DEFAULT_SYNC_INTERVAL
+    run.close()  # and one on close: the last records are durable
+    assert len(syncs) >= 1 and syncs[-1] >= started
     assert len(run.read_metrics()[0]) == count + 1

@@ -39,6 +39,20 @@
  * Dask panes     main-area widget id gpulab-dask-<clusterId>-<plot>, class
  *                gpulab-DaskPane, data-testid gpulab-dask-pane, data-cluster-id, data-plot
  * Launcher       the card "gpulab cluster" (command gpulab:new-cluster)
+ * Runs           gpulab-runs (section), gpulab-runs-error, gpulab-no-runs,
+ *                gpulab-run-list, gpulab-run (each; data-run-id, data-owner,
+ *                data-status), gpulab-run-name, gpulab-run-owner (runs shared with
+ *                the user: "shared by NAME"), gpulab-run-status, gpulab-run-step,
+ *                gpulab-run-open (<a target=_blank>: the run on the hub's dashboards
+ *                service), gpulab-run-share (the user's own runs only)
+ * Share dialog   gpulab-share-dialog, gpulab-share-error (data-field), gpulab-share-users-input,
+ *                gpulab-share-groups-input, gpulab-share-add, gpulab-share-nobody,
+ *                gpulab-share-user / gpulab-share-group (each; data-name),
+ *                gpulab-share-remove (each), gpulab-links-off (links turned off),
+ *                gpulab-link-expiry (<select>, seconds), gpulab-link-create,
+ *                gpulab-link-new (<input readonly>: the new link, shown once),
+ *                gpulab-link (each; data-link-id, data-active), gpulab-link-revoke;
+ *                closed by JupyterLab's .jp-Dialog .jp-mod-accept ("Done")
  */
 import { JupyterFrontEnd } from '@jupyterlab/application';
 import { Dialog, showDialog } from '@jupyterlab/apputils';
@@ -55,6 +69,8 @@ import { askNewCluster } from './newClusterDialog';
 import { insertClientCode } from './notebook';
 import { openPane } from './panes';
 import { ICluster } from './types';
+import { RunsSection, showShareDialog } from './runs';
+import { RunsModel } from './runsModel';
 
 export const SIDEBAR_ID = 'gpulab-sidebar';
 
@@ -62,8 +78,9 @@ function SidebarView(props: {
   model: GpulabModel;
   actions: IClusterActions;
   onNewCluster: () => void;
+  runs: RunsModel;
 }): JSX.Element {
-  const { model, actions, onNewCluster } = props;
+  const { model, actions, onNewCluster, runs } = props;
   return (
     <div className="gpulab-Sidebar-body" data-testid="gpulab-sidebar">
       <header className="gpulab-Sidebar-header">
@@ -113,6 +130,9 @@ function SidebarView(props: {
           actions={actions}
         />
       </section>
+      <UseSignal signal={runs.changed}>
+        {() => <RunsSection model={runs} onShare={run => void showShareDialog(runs, run)} />}
+      </UseSignal>
     </div>
   );
 }
@@ -128,10 +148,13 @@ export class GpulabSidebar extends ReactWidget {
     this.title.icon = gpuIcon;
     this.title.caption = 'gpulab: GPUs, quota and Dask clusters';
     this.model = new GpulabModel();
+    this.runs = new RunsModel();
     this._tracker?.currentChanged.connect(this._onNotebookChanged, this);
   }
 
   readonly model: GpulabModel;
+  /** The runs list (its own poll: runs change at another pace than clusters). */
+  readonly runs: RunsModel;
 
   /** Open the New cluster dialog and start what it asks for. */
   async newCluster(): Promise<ICluster | null> {
@@ -150,17 +173,20 @@ export class GpulabSidebar extends ReactWidget {
     }
     this._tracker?.currentChanged.disconnect(this._onNotebookChanged, this);
     this.model.dispose();
+    this.runs.dispose();
     super.dispose();
   }
 
   protected onAfterShow(msg: Message): void {
     super.onAfterShow(msg);
     this.model.startPolling();
+    this.runs.startPolling();
   }
 
   protected onAfterHide(msg: Message): void {
     super.onAfterHide(msg);
     this.model.stopPolling();
+    this.runs.stopPolling();
   }
 
   protected render(): JSX.Element {
@@ -171,6 +197,7 @@ export class GpulabSidebar extends ReactWidget {
             model={this.model}
             actions={this._actions()}
             onNewCluster={() => void this.newCluster()}
+            runs={this.runs}
           />
         )}
       </UseSignal>

@@ -100,3 +100,58 @@ export interface IErrorBody {
   limit?: number;
   in_use?: number;
 }
+
+export type RunStatus = 'created' | 'running' | 'finished' | 'failed';
+
+/** One run in `GET gpulab/runs`: the user's own (`mine`) or shared with them. */
+export interface IRun {
+  id: string;
+  /** As its owner typed it: render as text. */
+  name: string;
+  status: RunStatus;
+  /** ISO 8601 */
+  created: string;
+  /** The last step rank 0 logged; null before the first. */
+  step: number | null;
+  owner: string;
+  mine: boolean;
+  /** The run on the hub's dashboards service (a path on the hub, or an absolute URL). */
+  dashboard_url: string;
+}
+
+/** `GET gpulab/runs` */
+export interface IRunList {
+  user: string;
+  links_allowed: boolean;
+  runs: IRun[];
+}
+
+/** A view-only link, as the owner sees it (never its token, but once at creation). */
+export interface IRunLink {
+  id: string;
+  created: string;
+  expires: string;
+  revoked: string | null;
+  active: boolean;
+}
+
+/** `POST gpulab/runs/OWNER/ID/links`: the link with its token and URL, this once. */
+export interface INewRunLink extends IRunLink {
+  token: string;
+  url: string;
+}
+
+/** `GET`/`PATCH gpulab/runs/OWNER/ID/acl` */
+export interface IRunAcl {
+  owner: string;
+  users: string[];
+  groups: string[];
+  links: IRunLink[];
+  links_allowed: boolean;
+}
+
+/** `PATCH gpulab/runs/OWNER/ID/acl` */
+export interface IAclChange {
+  share?: { users?: string[]; groups?: string[] };
+  unshare?: { users?: string[]; groups?: string[] };
+}

@@ -1,0 +1,90 @@
+"""SIGKILL the hub while a GPU server runs AND another GPU spawn is pending, then restart.
+
+tests/e2e/test_hub_killed.py covers running servers across a SIGKILL; this adds the spawn
+in flight: it was admitted (its allocation holds a GPU) but its server was not up when
+the hub died. After the restart the running server is reattached with its device, the
+pending spawn's allocation is released (the hub finds that server gone and stops it), no
+device is held twice, and the freed GPU can be had again.
+"""
+
+import signal
+
+import pytest
+
+from tests.e2e.test_gpu_spawns import server_environment
+from tests.e2e.test_hub_killed import jupyterhub_process
+from tests.reliability.conftest import (
+    assert_consistent,
+    hub_ledger,
+    server_processes,
+    start_fault_hub,
+    wait_no_server_process,
+    wait_ready,
+    wait_stopped,
+)
+from tests.waiting import poll
+
+pytestmark = pytest.mark.e2e
+
+
+def test_sigkill_with_a_running_and_a_pending_gpu_spawn(tmp_path):
+    state = tmp_path / "state"
+    first = start_fault_hub(state)
+    orphans = []
+    try:
+        admin = first.admin_session()
+        admin.api("POST", "/users", json={"usernames": ["ivy", "slow1", "kim"]})
+        assert admin.api("POST", "/users/ivy/server", json={"gpus": 1}).ok
+        wait_ready(admin, "ivy")
+        ivy_device = server_environment("ivy")["CUDA_VISIBLE_DEVICES"]
+
+        pending = admin.api("POST", "/users/slow1/server", json={"gpus": 1})
+        assert pending.status_code == 202, pending.text
+        with hub_ledger(state) as ledger:
+            # Admitted (it holds the other GPU) and its process started, not yet up.
+            poll(lambda: "slow1" in {a.user for a in ledger.open_allocations()}, timeout=30)
+            orphans = poll(lambda: server_processes(state, "slow1"), timeout=30)
+            assert not admin.api("GET", "/users/slow1").json()["servers"][""]["ready"]
+            held = {a.user: a.device_uuids for a in ledger.open_allocations()}
+            assert held["ivy"] == (ivy_device,) and held["slow1"] != (ivy_device,)
+
+        jupyterhub_process(first).send_signal(signal.SIGKILL)
+        first.proc.wait(30)
+    finally:
+        first.stop()
+
+    second = start_fault_hub(state, first.port)
+    try:
+        admin = second.admin_session(first.printed_admin_password)
+        wait_ready(admin, "ivy", timeout=30)  # reattached, same device
+        assert server_environment("ivy")["CUDA_VISIBLE_DEVICES"] == ivy_device
+        assert admin.get_as_user("/user/ivy/api/status").status_code == 200
+        # The pending spawn died with the hub: the restarted hub stops it, and so releases
+        # its allocation.
+        wait_stopped(admin, "slow1")
+        with hub_ledger(state) as ledger:
+            released = poll(
+                lambda: [
+                    a for a in ledger.audit("slow1", action="released", limit=10) if a.allocation_id
+                ],
+                timeout=30,
+                what="the pending spawn's allocation to be released",
+            )
+            assert released[0].reason == "reconciled"
+            assert_consistent(admin, ledger, state)
+
+            # The freed GPU goes to the next spawn, and to nobody else.
+            assert admin.api("POST", "/users/kim/server", json={"gpus": 1}).status_code in (
+                201,
+                202,
+            )
+            wait_ready(admin, "kim")
+            kim_device = server_environment("kim")["CUDA_VISIBLE_DEVICES"]
+            assert kim_device not in ("", ivy_device)
+            assert_consistent(admin, ledger, state)
+    finally:
+        second.stop()
+        for proc in orphans:  # the pending spawn's process, if it outlived both hubs
+            if proc.is_running():
+                proc.kill()
+    wait_no_server_process(state, "ivy")
