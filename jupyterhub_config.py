@@ -77,6 +77,9 @@ if admin_password_is_new:
 c.JupyterHub.spawner_class = "gpulab-local"
 c.LocalGpulabSpawner.home_dir_template = str(settings.home_root / "{username}")
 c.LocalGpulabSpawner.log_dir = str(settings.log_dir / "servers")
+# Each server's pid, written as it starts: a hub killed mid-spawn ends that server at its
+# restart instead of leaving it running (and its GPUs granted twice).
+c.LocalGpulabSpawner.pid_dir = str(state / "servers")
 c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 120  # 20 servers starting at once take ~50 s on 2 cores
 c.Spawner.http_timeout = 60

@@ -5,12 +5,19 @@ admin approves them at /hub/authorize. Someone must be the first admin, so on st
 hub creates the admin's account with the password stored in ``admin_password_file``
 (made once, mode 0600, by ``gpulab_hub.secrets``). An existing account is never touched,
 so a password the admin changed in the hub stays changed.
+
+Logins check the password (bcrypt, about a quarter of a second of CPU by design) in a
+thread: NativeAuthenticator checks it on the hub's event loop, which then serves nothing
+else meanwhile, so with many people logging in at once (a workshop starting) the hub's
+calls to the proxy time out and spawns fail (bench.hub_load found it).
 """
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import bcrypt
 from nativeauthenticator import NativeAuthenticator
 from traitlets import Unicode
 
@@ -29,6 +36,26 @@ class GpulabNativeAuthenticator(NormalizedUsernames, NativeAuthenticator):
         Empty (the default) creates no accounts: admins sign up like everyone else.""",
     )
 
+    async def authenticate(self, handler, data):
+        """NativeAuthenticator's login, the same steps, with bcrypt off the event loop
+        (the database is read and written on the loop's thread, as the hub expects)."""
+        username = self.normalize_username(data["username"])
+        user = self.get_user(username)
+        if not user:
+            return None
+        if self.allowed_failed_logins and self.is_blocked(username):
+            return None
+        stored = user.password
+        valid = await asyncio.to_thread(_password_matches, data["password"], stored)
+        validations = [user.is_authorized, valid]
+        if user.has_2fa:
+            validations.append(user.is_valid_token(data.get("2fa")))
+        if all(validations):
+            self.successful_login(username)
+            return username
+        self.add_login_attempt(username)
+        return None
+
     def add_user(self, user):
         result = super().add_user(user)
         if (
@@ -45,3 +72,8 @@ class GpulabNativeAuthenticator(NormalizedUsernames, NativeAuthenticator):
                 )
             self.log.info("Created the account of admin %s", user.name)
         return result
+
+
+def _password_matches(password: str, stored: bytes) -> bool:
+    """What ``UserInfo.is_valid_password`` computes, for a thread."""
+    return stored == bcrypt.hashpw(password.encode(), stored)

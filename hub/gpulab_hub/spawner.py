@@ -10,6 +10,10 @@ spawners of the scale-out deployments. What it adds over JupyterHub's
   could not bind its port is restarted on another one, and the hub is told the port only
   once our own process listens on it;
 - each server's output goes to ``<log_dir>/<user>.log`` instead of the hub's terminal;
+- each server's pid goes to ``<pid_dir>/<user>[-<server>].pid`` as soon as it starts:
+  JupyterHub saves a spawner's pid only once the spawn is done, so a hub killed during a
+  spawn would leave that server running unknown to it (and its GPUs granted again); the
+  next poll or start of that server finds the file and ends the orphan;
 - ``--allow-root`` when the hub runs as root (Jupyter server refuses root otherwise);
 - gpulab's quota (``QuotaSpawnerMixin``): the spawn form's profiles, admission by the
   ledger, ``CUDA_VISIBLE_DEVICES``, release on stop.
@@ -20,11 +24,14 @@ usual ``Spawner`` hooks (``pre_spawn_hook``, ``get_env``) for later gpulab layer
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from traitlets import Integer, Unicode, default
 
@@ -46,6 +53,14 @@ class PortSafeLocalProcessSpawner(SimpleLocalProcessSpawner):
         config=True,
         help="""How many ports to try before a spawn fails because its server exited
         before listening (each try gets a fresh port). Must be at least 1.""",
+    )
+
+    pid_dir = Unicode(
+        "",
+        config=True,
+        help="""Folder for each server's pid file, written as soon as it starts (see the
+        module). Empty (the default) writes none: a hub killed during a spawn then
+        leaves that server running.""",
     )
 
     @default("cmd")
@@ -73,6 +88,7 @@ class PortSafeLocalProcessSpawner(SimpleLocalProcessSpawner):
             raise ValueError(
                 f"LocalGpulabSpawner.bind_attempts must be at least 1, not {self.bind_attempts}"
             )
+        self._end_orphan()
         for attempt in range(1, self.bind_attempts + 1):
             port = self.port = hub_ports.reserve(self.ip or "127.0.0.1")
             try:
@@ -105,6 +121,7 @@ class PortSafeLocalProcessSpawner(SimpleLocalProcessSpawner):
                     "stderr": subprocess.STDOUT,
                 }
             ip, port = await super().start()
+        self._write_pid_file()
         await wait_for_listener(
             self.pid,
             port,
@@ -113,6 +130,53 @@ class PortSafeLocalProcessSpawner(SimpleLocalProcessSpawner):
             is_running=lambda: self.proc is not None and self.proc.poll() is None,
         )
         return ip, port
+
+    async def poll(self):
+        if not self.pid:
+            self._end_orphan()  # state lost with a killed hub: a server may still run
+        return await super().poll()
+
+    async def stop(self, now=False):
+        await super().stop(now=now)
+        self._remove_pid_file()
+
+    def _pid_path(self) -> Path | None:
+        if not self.pid_dir:
+            return None
+        suffix = f"-{self.name}" if self.name else ""
+        return Path(self.pid_dir) / f"{self.user.name}{suffix}.pid"
+
+    def _write_pid_file(self) -> None:
+        path = self._pid_path()
+        if path is not None and self.pid:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"{self.pid}\n")
+
+    def _remove_pid_file(self) -> None:
+        path = self._pid_path()
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+    def _end_orphan(self) -> None:
+        """End the server process a pid file names, if it is still this server's (its
+        environment says this user and server: a pid can be reused), and drop the file."""
+        path = self._pid_path()
+        if path is None or not path.exists():
+            return
+        with contextlib.suppress(ValueError, OSError, psutil.Error):
+            process = psutil.Process(int(path.read_text().strip()))
+            env = process.environ()
+            if (env.get("JUPYTERHUB_USER") == self.user.name
+                    and env.get("JUPYTERHUB_SERVER_NAME", "") == self.name):
+                self.log.warning("Ending the orphaned server of %s (pid %s) left by a hub "
+                                 "stopped during its spawn", self.user.name, process.pid)
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=5)
+                except psutil.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=5)
+        path.unlink(missing_ok=True)
 
     async def _kill_failed_process(self):
         # Not clear_state(): that would also drop the API token the hub gave this spawn.

@@ -66,3 +66,29 @@ def test_without_a_password_file_admins_sign_up_like_everyone(db, tmp_path):
     authenticator = GpulabNativeAuthenticator(_deprecated_db_session=db, admin_users={"boss"})
     authenticator.add_user(hub_user(db, "boss"))
     assert authenticator.get_user("boss") is None
+
+
+def test_a_login_checks_the_password_off_the_event_loop(db, tmp_path):
+    """While bcrypt runs, the hub's loop keeps serving (it ticks); the answers are
+    NativeAuthenticator's: the name for the right password, None otherwise."""
+    import asyncio
+
+    authenticator = make_authenticator(db, tmp_path)
+    authenticator.add_user(hub_user(db, "boss"))
+    password = (tmp_path / "admin-password").read_text().strip()
+
+    async def login(given):
+        ticks = 0
+        task = asyncio.ensure_future(
+            authenticator.authenticate(None, {"username": "Boss", "password": given}))
+        while not task.done():
+            ticks += 1
+            await asyncio.sleep(0.001)
+        return task.result(), ticks
+
+    name, ticks = asyncio.run(login(password))
+    assert name == "boss" and ticks > 1
+    assert asyncio.run(login(password + "x"))[0] is None
+    assert authenticator.get_user("nobody") is None
+    assert asyncio.run(authenticator.authenticate(
+        None, {"username": "nobody", "password": password})) is None

@@ -62,6 +62,10 @@ def test_sigkill_with_a_running_and_a_pending_gpu_spawn(tmp_path):
         # The pending spawn died with the hub: the restarted hub stops it, and so releases
         # its allocation.
         wait_stopped(admin, "slow1")
+        # ... and ends its process (its pid file, written as it started): no orphan keeps
+        # the GPU the ledger now hands out again.
+        wait_no_server_process(state, "slow1")
+        assert not (state / "servers" / "slow1.pid").exists()
         with hub_ledger(state) as ledger:
             released = poll(
                 lambda: [
@@ -84,7 +88,7 @@ def test_sigkill_with_a_running_and_a_pending_gpu_spawn(tmp_path):
             assert_consistent(admin, ledger, state)
     finally:
         second.stop()
-        for proc in orphans:  # the pending spawn's process, if it outlived both hubs
+        for proc in orphans:  # only if the test failed before the restart ended it
             if proc.is_running():
                 proc.kill()
     wait_no_server_process(state, "ivy")
