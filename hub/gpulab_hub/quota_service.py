@@ -504,15 +504,18 @@ def main(argv: list[str] | None = None) -> int:
     loop = ioloop.IOLoop.current()
     hub_pid = os.getppid()
 
-    async def tick():
+    def watch_parent() -> None:
+        # Apart from the accounting round, which may wait on a hub that is gone.
         if os.getppid() != hub_pid:  # the hub is gone (killed): don't outlive it
             loop.stop()
-            return
+
+    async def tick():
         try:
             await service.tick()
         except Exception as e:  # one failed round must not end accounting
             print(f"gpulab-quota: accounting round failed: {e!r}", file=sys.stderr, flush=True)
 
+    ioloop.PeriodicCallback(watch_parent, 2000).start()
     ioloop.PeriodicCallback(tick, service.settings.tick_seconds * 1000).start()
     loop.add_callback(tick)
     loop.start()

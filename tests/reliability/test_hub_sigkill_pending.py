@@ -7,8 +7,10 @@ pending spawn's allocation is released (the hub finds that server gone and stops
 device is held twice, and the freed GPU can be had again.
 """
 
+import contextlib
 import signal
 
+import psutil
 import pytest
 
 from tests.e2e.test_gpu_spawns import server_environment
@@ -25,6 +27,23 @@ from tests.reliability.conftest import (
 from tests.waiting import poll
 
 pytestmark = pytest.mark.e2e
+
+
+def hub_services(state):
+    """The service processes of the hub whose state folder is ``state``."""
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            command = " ".join(proc.cmdline())
+            if not any(name in command for name in SERVICES):
+                continue
+            if any(str(state) in value for value in proc.environ().values()):
+                found.append(proc)
+    return found
+
+
+SERVICES = ("gpulab_hub.quota_service", "gpulab_hub.dashboards_service",
+            "jupyterhub_idle_culler")
 
 
 def test_sigkill_with_a_running_and_a_pending_gpu_spawn(tmp_path):
@@ -50,6 +69,9 @@ def test_sigkill_with_a_running_and_a_pending_gpu_spawn(tmp_path):
 
         jupyterhub_process(first).send_signal(signal.SIGKILL)
         first.proc.wait(30)
+        # Its services (quota, dashboards, idle culler) notice and end: none outlives it.
+        poll(lambda: not hub_services(state), timeout=30,
+             what="the killed hub's services to end")
     finally:
         first.stop()
 
