@@ -40,6 +40,9 @@ def test_the_sidebar_starts_shows_and_stops_a_cluster(gpu_hub, gpu_admin, page, 
         page.fill("#password_input", gpu_hub.printed_admin_password)
         page.click("#login_submit")
         page.wait_for_url(re.compile(r"/user/admin/lab"), timeout=120_000)
+        # JupyterLab's default layout, not one an earlier test left (with the gpulab
+        # sidebar open, a click on its tab would close it).
+        page.goto(f"{gpu_hub.url}/user/admin/lab?reset", timeout=120_000)
 
         # Open the sidebar from its tab on the left.
         page.locator('.jp-SideBar [data-id="gpulab-sidebar"]').click(timeout=60_000)

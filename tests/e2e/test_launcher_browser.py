@@ -108,7 +108,9 @@ def test_launch_a_run_from_the_served_launcher_and_share_it(gpu_hub, gpu_admin, 
         assert run.manifest().status == "finished"
 
         # The sidebar's runs list: the run, and its share dialog.
-        page.goto(f"{gpu_hub.url}/user/admin/lab", timeout=120_000)
+        # ?reset: JupyterLab's default layout, not the one an earlier test left (with the
+        # gpulab sidebar open, a click on its tab would close it).
+        page.goto(f"{gpu_hub.url}/user/admin/lab?reset", timeout=120_000)
         page.locator('.jp-SideBar [data-id="gpulab-sidebar"]').click(timeout=60_000)
         item = page.locator(f'[data-testid="gpulab-run"][data-run-id="{run_id}"]')
         expect(item).to_be_visible(timeout=30_000)
