@@ -207,9 +207,9 @@ def start(spec: ClusterSpec, settings: SlurmSettings, *, wait: bool, progress: b
     """``gpulab.clusters.start`` on Slurm (see the module docstring)."""
     from gpulab.clusters import manager
     from gpulab.clusters import owner as owners
-    from gpulab.clusters.local import make_security, security_to_json
+    from gpulab.clusters.local import make_security
     from gpulab.clusters.progress import StartProgress
-    from gpulab.clusters.registry import Registry, new_id, owner_identity
+    from gpulab.clusters.registry import Registry, new_id
     from gpulab.quota.client import QuotaServiceError
 
     check_spec(spec)
@@ -227,23 +227,11 @@ def start(spec: ClusterSpec, settings: SlurmSettings, *, wait: bool, progress: b
             except QuotaServiceError as e:
                 raise owners._refusal(e) from None
         security = make_security(spec.protocol)
-        record = {
-            "id": cluster_id,
-            "name": name,
-            "status": "starting",
-            "error": None,
-            "created": owners.now_iso(),
-            "owner": {"kind": owner_kind or manager._owner_kind(), **owner_identity()},
-            "workers_requested": spec.workers,
-            "workers": [],
-            # One entry per GPU worker job (Slurm picks the device): what the GPU limit
-            # counts, and what bounds a later scale, as on one machine.
-            "gpus": [f"slurm-gpu-{cluster_id}-{i}" for i in range(spec.gpus)],
-            "spec": spec.to_json(),
-            "scheduler_address": None,
-            "dashboard_port": None,
-            "security": security_to_json(security),
-        }
+        # One GPU entry per GPU worker job (Slurm picks the device): what the GPU limit
+        # counts, and what bounds a later scale, as on one machine.
+        gpus = [f"slurm-gpu-{cluster_id}-{i}" for i in range(spec.gpus)]
+        record = manager.new_record(cluster_id, name, spec, security, gpus,
+                                    owner_kind or manager._owner_kind())
         registry.write(record)
     owned = owners.OwnedCluster(record, spec, registry, quota)
     owners.adopt(owned)

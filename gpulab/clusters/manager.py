@@ -230,21 +230,8 @@ def start(
                 except QuotaServiceError as e:
                     raise owners._refusal(e) from None
             security = make_security(spec.protocol)
-            record = {
-                "id": cluster_id,
-                "name": name,
-                "status": "starting",
-                "error": None,
-                "created": owners.now_iso(),
-                "owner": {"kind": owner_kind or _owner_kind(), **owner_identity()},
-                "workers_requested": spec.workers,
-                "workers": [],
-                "gpus": devices,
-                "spec": spec.to_json(),
-                "scheduler_address": None,
-                "dashboard_port": None,
-                "security": security_to_json(security),
-            }
+            record = new_record(cluster_id, name, spec, security, devices,
+                                owner_kind or _owner_kind())
             registry.write(record)
         except BaseException:
             if book is not None:  # refused or broken before it started: nothing holds them
@@ -297,6 +284,26 @@ class LeasedCluster(owners.OwnedCluster):
 
 def _stage(owned: owners.OwnedCluster) -> str:
     return "starting workers" if owned.scheduler is not None else "starting scheduler"
+
+
+def new_record(cluster_id: str, name: str, spec: Any, security: Any, gpus: list[str],
+               owner_kind: str) -> dict[str, Any]:
+    """A starting cluster's registry record (every backend's): what the sidebar lists."""
+    return {
+        "id": cluster_id,
+        "name": name,
+        "status": "starting",
+        "error": None,
+        "created": owners.now_iso(),
+        "owner": {"kind": owner_kind, **owner_identity()},
+        "workers_requested": spec.workers,
+        "workers": [],
+        "gpus": gpus,
+        "spec": spec.to_json(),
+        "scheduler_address": None,
+        "dashboard_port": None,
+        "security": security_to_json(security),
+    }
 
 
 def _launch_quietly(owned: owners.OwnedCluster, build: Callable[[Any], Any]) -> None:
