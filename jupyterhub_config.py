@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from gpulab_hub.hub_db import sqlite_wal_kwargs
 from gpulab_hub.ports import free_port, remembered_port
 from gpulab_hub.secrets import read_or_create_secret
 from gpulab_hub.settings import EmbeddedSettings
@@ -40,6 +41,8 @@ c.ConfigurableHTTPProxy.auth_token = read_or_create_secret(state / "proxy-token"
 
 # --- State: everything under the state folder ----------------------------------------
 c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
+# WAL mode: commits don't sync the disk twice each on the hub's event loop (gpulab_hub/hub_db.py).
+c.JupyterHub.db_kwargs = sqlite_wal_kwargs(state / "jupyterhub.sqlite")
 c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
 c.JupyterHub.logging_config = {
     "handlers": {
@@ -80,6 +83,9 @@ c.LocalGpulabSpawner.log_dir = str(settings.log_dir / "servers")
 # Each server's pid, written as it starts: a hub killed mid-spawn ends that server at its
 # restart instead of leaving it running (and its GPUs granted twice).
 c.LocalGpulabSpawner.pid_dir = str(state / "servers")
+# Users' servers and kernels run at niceness 10: the hub and the proxy answer everyone and
+# come first when the CPU is short (a workshop's arrival: dozens of servers starting).
+c.LocalGpulabSpawner.nice = 10
 c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 120  # 20 servers starting at once take ~50 s on 2 cores
 c.Spawner.http_timeout = 60

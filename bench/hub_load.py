@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -249,7 +250,7 @@ class SimulatedUser:
                 return
             if time.monotonic() > deadline:
                 raise StepError("stop: timeout", f"server still listed after {STEP_TIMEOUT}s")
-            time.sleep(0.2)
+            time.sleep(1.0)  # once a second: the checking must not become the load measured
 
 
 def execute_request(msg_id: str, username: str, code: str) -> dict:
@@ -362,11 +363,22 @@ def run_load(hub: RunningHub, names: list[str], rate: float):
     return users, errors, time.perf_counter() - started
 
 
+def keep_logs(hub: RunningHub, folder: Path) -> None:
+    """The hub's output (with the proxy's) and the state folder's logs (the servers')."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "hub-output.log").write_text(hub.output)
+    shutil.copytree(hub.state_dir / "logs", folder / "logs", dirs_exist_ok=True)
+    progress(f"logs kept in {folder}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="8 users, about a minute")
     parser.add_argument("--users", type=int, help="simulated users (default 50, quick 8)")
     parser.add_argument("--rate", type=float, help="users arriving a second (default 0.5, quick 2)")
+    parser.add_argument(
+        "--logs", type=Path, help="keep the hub's output and the servers' logs in this folder"
+    )
     args = parser.parse_args(argv)
     count = args.users or (8 if args.quick else 50)
     rate = args.rate or (2.0 if args.quick else 0.5)
@@ -408,6 +420,8 @@ def main(argv: list[str] | None = None) -> None:
                 left_open = ledger.open_allocations()
         finally:
             hub.stop()
+            if args.logs:
+                keep_logs(hub, args.logs)
 
     print(f"{'step':<10} {'n':>4} {'p50 s':>8} {'p95 s':>8} {'max s':>8}")
     print("-" * 42)

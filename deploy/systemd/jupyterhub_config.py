@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 
 from gpulab_hub.deploy_services import register_services
+from gpulab_hub.hub_db import sqlite_wal_kwargs
 from gpulab_hub.quota_file import apply_quota_settings
 
 c = get_config()  # noqa: F821 - provided by JupyterHub when it loads this file
@@ -32,6 +33,8 @@ c.JupyterHub.bind_url = env.get("GPULAB_PUBLIC_URL", "http://:8000")
 c.ConfigurableHTTPProxy.command = [shutil.which("configurable-http-proxy")
                                    or "configurable-http-proxy"]
 c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
+# WAL mode: commits don't sync the disk twice each on the hub's event loop (gpulab_hub/hub_db.py).
+c.JupyterHub.db_kwargs = sqlite_wal_kwargs(state / "jupyterhub.sqlite")
 c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
 
 # --- Who can log in ------------------------------------------------------------------

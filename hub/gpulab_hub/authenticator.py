@@ -9,12 +9,15 @@ so a password the admin changed in the hub stays changed.
 Logins check the password (bcrypt, about a quarter of a second of CPU by design) in a
 thread: NativeAuthenticator checks it on the hub's event loop, which then serves nothing
 else meanwhile, so with many people logging in at once (a workshop starting) the hub's
-calls to the proxy time out and spawns fail (bench.hub_load found it).
+calls to the proxy time out and spawns fail (bench.hub_load found it). The checks run one
+at a time in their own thread: fifty logins at once then take at most one core from the
+hub's loop, and never hold up the threads that the quota ledger's calls run in.
 """
 
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import bcrypt
@@ -46,7 +49,9 @@ class GpulabNativeAuthenticator(NormalizedUsernames, NativeAuthenticator):
         if self.allowed_failed_logins and self.is_blocked(username):
             return None
         stored = user.password
-        valid = await asyncio.to_thread(_password_matches, data["password"], stored)
+        valid = await asyncio.get_running_loop().run_in_executor(
+            _PASSWORD_CHECKS, _password_matches, data["password"], stored
+        )
         validations = [user.is_authorized, valid]
         if user.has_2fa:
             validations.append(user.is_valid_token(data.get("2fa")))
@@ -72,6 +77,9 @@ class GpulabNativeAuthenticator(NormalizedUsernames, NativeAuthenticator):
                 )
             self.log.info("Created the account of admin %s", user.name)
         return result
+
+
+_PASSWORD_CHECKS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpulab-bcrypt")
 
 
 def _password_matches(password: str, stored: bytes) -> bool:

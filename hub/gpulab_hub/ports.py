@@ -140,7 +140,8 @@ async def wait_for_listener(
     """
     deadline = time.monotonic() + timeout
     while True:
-        if _accepts(ip, port) and port in listening_ports(pid):
+        # The owner's scan reads /proc/net/tcp, long with many servers: off the loop.
+        if _accepts(ip, port) and port in await asyncio.to_thread(listening_ports, pid):
             return
         if not is_running():
             raise PortBindError(

@@ -92,3 +92,46 @@ def test_a_login_checks_the_password_off_the_event_loop(db, tmp_path):
     assert authenticator.get_user("nobody") is None
     assert asyncio.run(authenticator.authenticate(
         None, {"username": "nobody", "password": password})) is None
+
+
+def test_logins_at_once_check_passwords_one_at_a_time_in_their_own_thread(
+    db, tmp_path, monkeypatch
+):
+    """Many logins at once take one thread (so at most one core from the hub's loop),
+    not the default pool that the quota ledger's calls run in; each still gets its own
+    answer."""
+    import asyncio
+    import threading
+
+    from gpulab_hub import authenticator as module
+
+    authenticator = make_authenticator(db, tmp_path)
+    authenticator.add_user(hub_user(db, "boss"))
+    password = (tmp_path / "admin-password").read_text().strip()
+    seen = []
+    active = {"now": 0, "most": 0}
+    lock = threading.Lock()
+    check = module._password_matches
+
+    def watched(given, stored):
+        with lock:
+            active["now"] += 1
+            active["most"] = max(active["most"], active["now"])
+            seen.append(threading.current_thread().name)
+        try:
+            return check(given, stored)
+        finally:
+            with lock:
+                active["now"] -= 1
+
+    monkeypatch.setattr(module, "_password_matches", watched)
+
+    async def logins():
+        tries = [password if i % 2 == 0 else password + "x" for i in range(4)]
+        return await asyncio.gather(*(
+            authenticator.authenticate(None, {"username": "boss", "password": p})
+            for p in tries))
+
+    assert asyncio.run(logins()) == ["boss", None, "boss", None]
+    assert len(seen) == 4 and all(name.startswith("gpulab-bcrypt") for name in seen)
+    assert active["most"] == 1

@@ -149,3 +149,17 @@ def test_oauth_login_is_switched_on_by_its_environment_only(monkeypatch, tmp_pat
     oauth = load_config(monkeypatch, tmp_path / "oauth")
     assert oauth.JupyterHub.authenticator_class == "gpulab-oauth"
     assert oauth.GpulabGenericOAuthenticator.client_id == "gpulab"
+
+
+def test_users_servers_run_niced_and_the_hub_database_in_wal_mode(monkeypatch, tmp_path):
+    state = tmp_path / "state"
+    c = load_config(monkeypatch, state)
+    assert c.LocalGpulabSpawner.nice == 10
+    connection = c.JupyterHub.db_kwargs["creator"]()
+    try:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert connection.execute("PRAGMA database_list").fetchone()[2] == str(
+            state / "jupyterhub.sqlite"
+        )
+    finally:
+        connection.close()
