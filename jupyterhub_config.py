@@ -84,8 +84,11 @@ c.LocalGpulabSpawner.log_dir = str(settings.log_dir / "servers")
 # restart instead of leaving it running (and its GPUs granted twice).
 c.LocalGpulabSpawner.pid_dir = str(state / "servers")
 # Users' servers and kernels run at niceness 10: the hub and the proxy answer everyone and
-# come first when the CPU is short (a workshop's arrival: dozens of servers starting).
+# come first when the CPU is short (a workshop's arrival: dozens of servers starting). Each
+# server and kernel is a session of its own, niced as a whole (gpulab.priority): the
+# servers by the spawner, their kernels by gpulab's default kernel provisioner.
 c.LocalGpulabSpawner.nice = 10
+c.Spawner.environment = {"JUPYTER_DEFAULT_PROVISIONER_NAME": "gpulab-local-provisioner"}
 c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 120  # 20 servers starting at once take ~50 s on 2 cores
 c.Spawner.http_timeout = 60

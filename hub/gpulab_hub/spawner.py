@@ -36,6 +36,7 @@ import psutil
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from traitlets import Integer, TraitError, Unicode, default, validate
 
+from gpulab.priority import nice_session
 from gpulab_hub.ports import PortBindError, hub_ports, wait_for_listener
 from gpulab_hub.quota_spawner import QuotaSpawnerMixin
 
@@ -91,7 +92,7 @@ class PortSafeLocalProcessSpawner(SimpleLocalProcessSpawner):
             # and before exec.
             if niceness:
                 os.nice(niceness)
-                _nice_own_autogroup(niceness)
+                nice_session(niceness)  # its own session: see gpulab.priority
             if inner is not None:
                 inner()
 
@@ -234,15 +235,6 @@ class PortSafeLocalProcessSpawner(SimpleLocalProcessSpawner):
 
 class LocalGpulabSpawner(QuotaSpawnerMixin, PortSafeLocalProcessSpawner):
     """The embedded default's spawner: quota-governed local processes on safe ports."""
-
-
-def _nice_own_autogroup(niceness: int) -> None:
-    """Linux's autogroup scheduling (on by default on desktops and many servers) gives each
-    session an equal share of the CPU whatever its processes' nice values, and a server is
-    a session of its own: set the session's niceness too. Raising one's own niceness needs
-    no privilege; without autogroups the file is missing and os.nice alone counts."""
-    with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as autogroup:
-        autogroup.write(str(niceness))
 
 
 class _NoLog:

@@ -31,12 +31,12 @@ import json
 import os
 from typing import Any
 
-from jupyter_client.provisioning import LocalProvisioner
 from tornado.web import HTTPError
 from traitlets import Any as AnyTrait
 from traitlets import Unicode
 
 from gpulab.leases import LeaseBook, LeaseRequest, NoFreeGPU, default_lease_file
+from gpulab_kernels.niced import SessionNicedProvisioner
 from gpulab_kernels.notice import NOTICE_ENV
 
 
@@ -56,8 +56,9 @@ class KernelLeaseError(HTTPError):
         return self.message
 
 
-class GpuLeaseProvisioner(LocalProvisioner):
-    """A LocalProvisioner whose kernels see only the GPUs leased to them.
+class GpuLeaseProvisioner(SessionNicedProvisioner):
+    """A local provisioner (session niced, ``gpulab_kernels.niced``) whose kernels see only
+    the GPUs leased to them.
 
     Override points: ``allocated_devices()`` (the server's devices) and ``lease_book()``.
     The three settings come from the kernelspec's ``config`` (traitlets config such as

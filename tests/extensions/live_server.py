@@ -42,7 +42,9 @@ class LiveServer:
         return self.process.returncode
 
     @classmethod
-    def start(cls, root: Path, extra_env: dict | None = None) -> LiveServer:
+    def start(cls, root: Path, extra_env: dict | None = None, niceness: int = 0) -> LiveServer:
+        """A ``jupyter server`` on a free port; ``niceness``: started that much niced, as
+        gpulab's spawner starts users' servers."""
         root.mkdir(parents=True, exist_ok=True)
         port, token = free_port(), secrets.token_hex(16)
         env = {
@@ -68,7 +70,8 @@ class LiveServer:
             args.append("--allow-root")
         with open(log, "w") as out:
             process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+                                       start_new_session=True,
+                                       preexec_fn=(lambda: os.nice(niceness)) if niceness else None)
         server = cls(process, f"http://127.0.0.1:{port}/", token, env, log)
         deadline = time.monotonic() + 60
         while True:

@@ -155,6 +155,8 @@ def test_users_servers_run_niced_and_the_hub_database_in_wal_mode(monkeypatch, t
     state = tmp_path / "state"
     c = load_config(monkeypatch, state)
     assert c.LocalGpulabSpawner.nice == 10
+    # Their kernels' sessions too, by gpulab's provisioner (tests/kernels/test_niced_kernels).
+    assert c.Spawner.environment["JUPYTER_DEFAULT_PROVISIONER_NAME"] == "gpulab-local-provisioner"
     connection = c.JupyterHub.db_kwargs["creator"]()
     try:
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
