@@ -89,6 +89,9 @@ c.LocalGpulabSpawner.pid_dir = str(state / "servers")
 # servers by the spawner, their kernels by gpulab's default kernel provisioner.
 c.LocalGpulabSpawner.nice = 10
 c.Spawner.environment = {"JUPYTER_DEFAULT_PROVISIONER_NAME": "gpulab-local-provisioner"}
+# Every server runs from the hub's own environment (see README: no isolation), so
+# JupyterLab's extension manager must not pip-install into it from a user's browser.
+c.Spawner.args = ["--LabApp.extension_manager=readonly"]
 c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 120  # 20 servers starting at once take ~50 s on 2 cores
 c.Spawner.http_timeout = 60

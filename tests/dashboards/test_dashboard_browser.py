@@ -3,7 +3,6 @@ point a writer appends appears without a reload."""
 
 import html
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -11,25 +10,12 @@ import pytest
 from gpulab.dashboards import serve_run
 from gpulab.runs import RunStore
 from gpulab_hub.ports import free_port
+from tests.e2e.browser_steps import BOKEH_LAST_STEPS
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.browser
 EVIL_NAME = "<img src=x onerror=alert(1)>"
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-
-# The largest x of every line's data source in the page's Bokeh document (the curves live
-# in Panel's shadow DOM; Bokeh's models are the reliable place to read them).
-LAST_STEPS = """() => {
-  const doc = window.Bokeh && window.Bokeh.documents[0];
-  if (!doc) return [];
-  const found = [];
-  for (const model of doc.all_models) {
-    if (model.type === 'ColumnDataSource' && model.data.x && model.data.x.length) {
-      found.push(Math.max(...Array.from(model.data.x)));
-    }
-  }
-  return found;
-}"""
 
 
 @pytest.fixture
@@ -54,7 +40,7 @@ def test_the_dashboard_updates_live_and_shows_names_as_text(tmp_path, page):
     page.on("dialog", lambda dialog: (alerts.append(dialog.message), dialog.dismiss()))
     try:
         page.goto(f"http://127.0.0.1:{port}/")
-        page.wait_for_function(f"() => ({LAST_STEPS})().includes(19)", timeout=30_000)
+        page.wait_for_function(f"() => ({BOKEH_LAST_STEPS})().includes(19)", timeout=30_000)
         # The name is rendered as text (inside Panel's shadow DOM), never as an <img>.
         shown = page.evaluate("""() => {
           const texts = [];
@@ -70,11 +56,10 @@ def test_the_dashboard_updates_live_and_shows_names_as_text(tmp_path, page):
         assert not [t for t in shown if t == "IMG:x"]
         assert html.escape(EVIL_NAME) not in shown  # escaped once, not twice
 
-        started = time.monotonic()
         run.log(20, loss=0.01)
         run.flush()
-        page.wait_for_function(f"() => ({LAST_STEPS})().includes(20)", timeout=10_000)
-        assert time.monotonic() - started < 5  # the view refreshes every second
+        # Appears without a reload (how fast is bench.dashboard's update_latency_s).
+        page.wait_for_function(f"() => ({BOKEH_LAST_STEPS})().includes(20)", timeout=10_000)
         if os.environ.get("GPULAB_UPDATE_DOCS"):  # the README's picture
             page.set_viewport_size({"width": 1200, "height": 800})
             page.wait_for_timeout(1500)

@@ -5,17 +5,14 @@ import re
 import pytest
 from playwright.sync_api import expect
 
+from tests.e2e.browser_steps import log_in
+
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 
 def test_admin_logs_in_runs_a_cell_stops_and_logs_out(hub, admin_password, page):
-    page.goto(f"{hub.url}/hub/login")
-    page.fill("#username_input", "admin")
-    page.fill("#password_input", admin_password)
-    page.click("#login_submit")
-
     # The hub starts the server on first login (spawn pending page) and opens JupyterLab.
-    page.wait_for_url(re.compile(r"/user/admin/lab"), timeout=120_000)
+    log_in(page, hub.url, "admin", admin_password, landing=re.compile(r"/user/admin/lab"))
     notebook_card = page.locator('.jp-LauncherCard[data-category="Notebook"]').first
     notebook_card.wait_for(timeout=60_000)
     notebook_card.click()

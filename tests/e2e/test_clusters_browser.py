@@ -4,24 +4,16 @@ appear, its Dask dashboard opens through the server's proxy, and it is stopped."
 
 import os
 import re
-import time
 from pathlib import Path
 
 import pytest
 import requests
 from playwright.sync_api import expect
 
+from tests.e2e.browser_steps import log_in, wait_ready
+
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-
-
-def wait_ready(admin, user, timeout=90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if admin.api("GET", f"/users/{user}").json()["servers"].get("", {}).get("ready"):
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"{user}'s server never became ready")
 
 
 def test_the_sidebar_starts_shows_and_stops_a_cluster(gpu_hub, gpu_admin, page, tmp_path):
@@ -35,11 +27,8 @@ def test_the_sidebar_starts_shows_and_stops_a_cluster(gpu_hub, gpu_admin, page, 
     console = []
     page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
     try:
-        page.goto(f"{gpu_hub.url}/hub/login")
-        page.fill("#username_input", "admin")
-        page.fill("#password_input", gpu_hub.printed_admin_password)
-        page.click("#login_submit")
-        page.wait_for_url(re.compile(r"/user/admin/lab"), timeout=120_000)
+        log_in(page, gpu_hub.url, "admin", gpu_hub.printed_admin_password,
+               landing=re.compile(r"/user/admin/lab"))
         # JupyterLab's default layout, not one an earlier test left (with the gpulab
         # sidebar open, a click on its tab would close it).
         page.goto(f"{gpu_hub.url}/user/admin/lab?reset", timeout=120_000)

@@ -6,9 +6,13 @@ Each round starts 20 servers together, then checks the proxy's routes (one disti
 per user) and reads a file from each user's home through /user/<name>/.
 """
 
+import json
+import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
+import psutil
 import pytest
 
 pytestmark = pytest.mark.e2e
@@ -34,6 +38,21 @@ def server_of(admin, name):
     return response.json()["servers"].get("")
 
 
+def the_embedded_defaults_server_settings_hold(hub, admin, name):
+    """A server of ``make run``'s hub runs at niceness 10 (the hub and proxy first), and
+    its JupyterLab can't install extensions into the hub's shared environment."""
+    pid = int((hub.state_dir / "servers" / f"{name}.pid").read_text())
+    assert psutil.Process(pid).nice() == min(19, os.nice(0) + 10)
+    page = admin.get_as_user(f"/user/{name}/lab")
+    assert page.status_code == 200, page.status_code
+    found = re.search(
+        r'<script id="jupyter-config-data" type="application/json">(.*?)</script>',
+        page.text, re.S)
+    assert found, page.text[:500]
+    manager = json.loads(found.group(1))["extensionManager"]
+    assert manager["name"] == "readonly" and manager["can_install"] is False, manager
+
+
 @pytest.mark.parametrize("round_number", range(1, ROUNDS + 1))
 def test_twenty_concurrent_spawns_get_their_own_servers(hub, admin, round_number):
     created = admin.api("POST", "/users", json={"usernames": USERS})
@@ -51,6 +70,8 @@ def test_twenty_concurrent_spawns_get_their_own_servers(hub, admin, round_number
         return all((server_of(admin, n) or {}).get("ready") for n in USERS)
 
     wait_for(all_ready, 240, "all 20 servers to be ready")
+    if round_number == 1:
+        the_embedded_defaults_server_settings_hold(hub, admin, USERS[0])
 
     routes = admin.api("GET", "/proxy").json()
     targets = {

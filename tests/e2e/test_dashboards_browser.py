@@ -5,7 +5,6 @@ without login and its live page stops showing the run once the link is revoked."
 
 import os
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,25 +13,13 @@ import pytest
 from gpulab.dashboards.pages import GONE_TEXT
 from gpulab.runs import RunStore
 from gpulab.runs import acl as acls
+from tests.e2e.browser_steps import BOKEH_LAST_STEPS, log_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 SERVICE = "/services/dashboards"
 EVIL = "<img src=x onerror=alert(1)>"
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
-# The largest x of every line's data source in the page's Bokeh document (the curves live
-# in Panel's shadow DOM; Bokeh's models are the reliable place to read them).
-LAST_STEPS = """() => {
-  const doc = window.Bokeh && window.Bokeh.documents[0];
-  if (!doc) return [];
-  const found = [];
-  for (const model of doc.all_models) {
-    if (model.type === 'ColumnDataSource' && model.data.x && model.data.x.length) {
-      found.push(Math.max(...Array.from(model.data.x)));
-    }
-  }
-  return found;
-}"""
 
 # Every leaf text and every <img> of the page, shadow roots included.
 TEXTS = """() => {
@@ -52,14 +39,6 @@ def store(hub):
     return RunStore(hub.state_dir / "runs")
 
 
-def log_in(page, hub, password):
-    page.goto(f"{hub.url}/hub/login")
-    page.fill("#username_input", "admin")
-    page.fill("#password_input", password)
-    page.click("#login_submit")
-    page.wait_for_url(re.compile(r"/(hub|user)/"), timeout=120_000)
-
-
 def test_the_owner_watches_a_run_live_and_its_name_is_text(hub, admin_password, store, page,
                                                             tmp_path):
     run = store.create("admin", EVIL, config={"lr": 0.01, "layers": 4, "optimizer": "adam"})
@@ -68,17 +47,16 @@ def test_the_owner_watches_a_run_live_and_its_name_is_text(hub, admin_password, 
     run.flush()
     alerts = []
     page.on("dialog", lambda dialog: (alerts.append(dialog.message), dialog.dismiss()))
-    log_in(page, hub, admin_password)
+    log_in(page, hub.url, "admin", admin_password, landing=re.compile(r"/(hub|user)/"))
     page.goto(f"{hub.url}{SERVICE}/runs/admin/{run.id}")  # through the hub's OAuth
-    page.wait_for_function(f"() => ({LAST_STEPS})().includes(19)", timeout=60_000)
+    page.wait_for_function(f"() => ({BOKEH_LAST_STEPS})().includes(19)", timeout=60_000)
     shown = page.evaluate(TEXTS)
     assert EVIL in shown, shown[:40]
     assert "IMG:x" not in shown
-    started = time.monotonic()
     run.log(20, loss=0.04, accuracy=1.0, samples=64)
     run.flush()
-    page.wait_for_function(f"() => ({LAST_STEPS})().includes(20)", timeout=15_000)
-    assert time.monotonic() - started < 10
+    # Appears without a reload (how fast is bench.dashboard's update_latency_s).
+    page.wait_for_function(f"() => ({BOKEH_LAST_STEPS})().includes(20)", timeout=15_000)
     assert alerts == []
 
     # The README's picture, of a run with a plausible name and curves: refreshed with
@@ -91,7 +69,7 @@ def test_the_owner_watches_a_run_live_and_its_name_is_text(hub, admin_password, 
         demo.log(step, loss=float(loss), val_accuracy=float(1 - loss / 2.5), samples=128)
     demo.flush()
     page.goto(f"{hub.url}{SERVICE}/runs/admin/{demo.id}")
-    page.wait_for_function(f"() => ({LAST_STEPS})().includes(299)", timeout=60_000)
+    page.wait_for_function(f"() => ({BOKEH_LAST_STEPS})().includes(299)", timeout=60_000)
     shot = DOCS / "run-dashboard.png" if os.environ.get("GPULAB_UPDATE_DOCS") else (
         tmp_path / "run-dashboard.png")
     page.set_viewport_size({"width": 1200, "height": 900})
@@ -101,7 +79,7 @@ def test_the_owner_watches_a_run_live_and_its_name_is_text(hub, admin_password, 
     # Both runs overlaid on the compare page; the operators' usage page renders.
     page.goto(f"{hub.url}{SERVICE}/compare?run=admin/{run.id}&run=admin/{demo.id}")
     page.wait_for_function(
-        f"() => {{ const s = ({LAST_STEPS})(); return s.includes(20) && s.includes(299); }}",
+        f"() => {{ const s = ({BOKEH_LAST_STEPS})(); return s.includes(20) && s.includes(299); }}",
         timeout=60_000,
     )
     assert EVIL in page.evaluate(TEXTS)  # the table's cell, as text
@@ -121,7 +99,7 @@ def test_a_link_opens_without_login_and_stops_when_revoked(hub, store, browser):
     try:
         page = context.new_page()
         page.goto(f"{hub.url}{SERVICE}/links/{token}")
-        page.wait_for_function(f"() => ({LAST_STEPS})().includes(4)", timeout=60_000)
+        page.wait_for_function(f"() => ({BOKEH_LAST_STEPS})().includes(4)", timeout=60_000)
         acls.revoke_link(run, link_id, actor="admin")
         # The live session re-checks the link before each refresh and stops serving.
         page.wait_for_function(
@@ -130,7 +108,7 @@ def test_a_link_opens_without_login_and_stops_when_revoked(hub, store, browser):
         run.log(5, loss=0.1)
         run.flush()
         page.wait_for_timeout(2500)
-        assert 5 not in page.evaluate(LAST_STEPS)
+        assert 5 not in page.evaluate(BOKEH_LAST_STEPS)
         reloaded = page.goto(f"{hub.url}{SERVICE}/links/{token}")
         assert reloaded.status == 404
     finally:

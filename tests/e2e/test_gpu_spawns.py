@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from gpulab.quota.ledger import Ledger
+from tests.e2e.browser_steps import wait_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -19,16 +20,6 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def ledger(gpu_hub):
     return Ledger(f"sqlite:///{gpu_hub.state_dir / 'ledger.sqlite'}")
-
-
-def wait_ready(admin, name, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        server = admin.api("GET", f"/users/{name}").json()["servers"].get("")
-        if server and server["ready"]:
-            return server
-        time.sleep(0.5)
-    raise AssertionError(f"the server of {name} was not ready in {timeout}s")
 
 
 def wait_stopped(admin, name, timeout=60):

@@ -5,7 +5,6 @@ cluster and a run whose live dashboard shows its first points; the sidebar lists
 and its share dialog shares it with another user (checked in the run store's ACL)."""
 
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import requests
 from playwright.sync_api import expect
 
 from gpulab.runs import RunStore
+from tests.e2e.browser_steps import log_in, wait_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -29,15 +29,6 @@ POINTS_JS = """() => {
   }
   return points;
 }"""
-
-
-def wait_ready(admin, user, timeout=90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if admin.api("GET", f"/users/{user}").json()["servers"].get("", {}).get("ready"):
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"{user}'s server never became ready")
 
 
 def find_run(state_dir: Path, owner: str, run_id: str):
@@ -65,11 +56,8 @@ def test_launch_a_run_from_the_served_launcher_and_share_it(gpu_hub, gpu_admin, 
     console = []
     page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
     try:
-        page.goto(f"{gpu_hub.url}/hub/login")
-        page.fill("#username_input", "admin")
-        page.fill("#password_input", gpu_hub.printed_admin_password)
-        page.click("#login_submit")
-        page.wait_for_url(re.compile(r"/user/admin/"), timeout=120_000)
+        log_in(page, gpu_hub.url, "admin", gpu_hub.printed_admin_password,
+               landing=re.compile(r"/user/admin/"))
 
         # The launcher, served from the user's own server (started on first visit).
         page.goto(f"{gpu_hub.url}/user/admin/gpulab-launcher/", timeout=120_000)

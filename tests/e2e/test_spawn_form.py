@@ -9,7 +9,8 @@ from playwright.sync_api import expect
 
 from gpulab.quota.ledger import Ledger
 from gpulab.quota.reservations import cancel, clock, reserve
-from tests.e2e.test_gpu_spawns import wait_ready, wait_stopped
+from tests.e2e.browser_steps import log_in, wait_ready
+from tests.e2e.test_gpu_spawns import wait_stopped
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -19,10 +20,7 @@ def test_form_greys_what_is_taken_and_shows_a_denial(gpu_hub, gpu_admin, page):
     assert gpu_admin.api("POST", "/users/fay/server", json={"gpus": 1}).ok
     wait_ready(gpu_admin, "fay")
     try:
-        page.goto(f"{gpu_hub.url}/hub/login")
-        page.fill("#username_input", "admin")
-        page.fill("#password_input", gpu_hub.printed_admin_password)
-        page.click("#login_submit")
+        log_in(page, gpu_hub.url, "admin", gpu_hub.printed_admin_password)
         page.goto(f"{gpu_hub.url}/hub/spawn")
 
         profiles = page.locator(".gpulab-profile")
@@ -62,10 +60,7 @@ def test_form_shows_a_reservation_to_a_member_and_greys_it_for_others(gpu_hub, g
                               now + timedelta(hours=1), capacity=2)
         until = clock(reservation.ends_at, now)
         try:
-            page.goto(f"{gpu_hub.url}/hub/login")
-            page.fill("#username_input", "admin")
-            page.fill("#password_input", gpu_hub.printed_admin_password)
-            page.click("#login_submit")
+            log_in(page, gpu_hub.url, "admin", gpu_hub.printed_admin_password)
             page.goto(f"{gpu_hub.url}/hub/spawn")
             one = page.locator('.gpulab-profile[data-profile="1-gpu"]')
             two = page.locator('.gpulab-profile[data-profile="2-gpus"]')

@@ -11,6 +11,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
+from tests.e2e.browser_steps import log_in
 from tests.waiting import poll
 from tests.workshops.hub_helpers import sign_up_and_approve
 
@@ -50,16 +51,8 @@ def workshop(gpu_hub, gpu_admin, tmp_path_factory):
         gpu_admin.api("DELETE", f"/users/{student}/server")
 
 
-def log_in(page, hub, name, password):
-    page.goto(f"{hub.url}/hub/login")
-    page.fill("#username_input", name)
-    page.fill("#password_input", password)
-    page.click("#login_submit")
-    page.wait_for_url(lambda url: "/hub/login" not in url)
-
-
 def test_instructor_sees_their_students_states_and_stops_one(gpu_hub, gpu_admin, workshop, page):
-    log_in(page, gpu_hub, "bina", INSTRUCTOR_PASSWORD)
+    log_in(page, gpu_hub.url, "bina", INSTRUCTOR_PASSWORD)
     page.goto(f"{gpu_hub.url}/hub/gpulab/instructor")
     section = page.locator('section[data-workshop="bw"]')
     expect(section.locator("h2")).to_have_text("bw")
@@ -86,7 +79,7 @@ def test_instructor_sees_their_students_states_and_stops_one(gpu_hub, gpu_admin,
 def test_student_logs_in_with_the_one_time_password_and_gets_the_workshop(
     gpu_hub, gpu_admin, workshop, page
 ):
-    log_in(page, gpu_hub, "bstu1", workshop["bstu1"])
+    log_in(page, gpu_hub.url, "bstu1", workshop["bstu1"])
     # Still on the one-time password: the login leads to the change-password page.
     expect(page).to_have_url(f"{gpu_hub.url}/hub/change-password")
     page.fill("#old_password_input", workshop["bstu1"])
@@ -95,7 +88,7 @@ def test_student_logs_in_with_the_one_time_password_and_gets_the_workshop(
     page.click("#signup_submit")
     expect(page.locator(".alert-success")).to_contain_text("changed successfully")
     page.context.clear_cookies()
-    log_in(page, gpu_hub, "bstu1", NEW_PASSWORD)
+    log_in(page, gpu_hub.url, "bstu1", NEW_PASSWORD)
     assert "change-password" not in page.url
     page.goto(f"{gpu_hub.url}/hub/spawn")
     profiles = page.locator(".gpulab-profile")

@@ -157,6 +157,9 @@ def test_users_servers_run_niced_and_the_hub_database_in_wal_mode(monkeypatch, t
     assert c.LocalGpulabSpawner.nice == 10
     # Their kernels' sessions too, by gpulab's provisioner (tests/kernels/test_niced_kernels).
     assert c.Spawner.environment["JUPYTER_DEFAULT_PROVISIONER_NAME"] == "gpulab-local-provisioner"
+    # No installs into the hub's environment from JupyterLab (checked live in
+    # tests/e2e/test_concurrent_spawns.py).
+    assert "--LabApp.extension_manager=readonly" in c.Spawner.args
     connection = c.JupyterHub.db_kwargs["creator"]()
     try:
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)

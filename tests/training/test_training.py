@@ -85,13 +85,11 @@ def test_a_hang_ends_as_an_error_and_the_cluster_recovers(cluster, store):
 
 
 def test_a_hundred_back_to_back_jobs_never_hang(cluster, store):
-    started = time.monotonic()
+    # Each within its own deadline (a hang raises); how fast they launch is bench.ddp's.
     for i in range(100):
         result = training.run(workloads.quick, cluster, store=store, timeout=30,
                               progress=False)
         assert result["sum"] == 3.0, i
-    # Warm rank processes: each launch is a fraction of a second.
-    assert time.monotonic() - started < 180
 
 
 def test_two_jobs_at_once_on_one_host_both_finish(tmp_path, store):
