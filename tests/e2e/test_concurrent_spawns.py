@@ -50,7 +50,7 @@ def the_embedded_defaults_server_settings_hold(hub, admin, name):
         page.text, re.S)
     assert found, page.text[:500]
     manager = json.loads(found.group(1))["extensionManager"]
-    assert manager["name"] == "readonly" and manager["can_install"] is False, manager
+    assert manager["name"] == "read-only" and manager["can_install"] is False, manager
 
 
 @pytest.mark.parametrize("round_number", range(1, ROUNDS + 1))
