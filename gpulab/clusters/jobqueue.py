@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -208,7 +207,6 @@ def start(spec: ClusterSpec, settings: SlurmSettings, *, wait: bool, progress: b
     from gpulab.clusters import manager
     from gpulab.clusters import owner as owners
     from gpulab.clusters.local import make_security
-    from gpulab.clusters.progress import StartProgress
     from gpulab.clusters.registry import Registry, new_id
     from gpulab.quota.client import QuotaServiceError
 
@@ -235,25 +233,7 @@ def start(spec: ClusterSpec, settings: SlurmSettings, *, wait: bool, progress: b
         registry.write(record)
     owned = owners.OwnedCluster(record, spec, registry, quota)
     owners.adopt(owned)
-    thread = threading.Thread(
-        target=manager._launch_quietly,
-        args=(owned, lambda o: build_slurm(spec, settings, security, [owners.RecordPlugin(o)])),
-        name=f"gpulab-slurm-start-{cluster_id}",
-        daemon=True,
+    return manager.launch(
+        owned, lambda o: build_slurm(spec, settings, security, [owners.RecordPlugin(o)]),
+        f"gpulab-slurm-start-{cluster_id}", wait=wait, progress=progress,
     )
-    thread.start()
-    handle = manager.Cluster(owned.record, registry)
-    if not wait:
-        return handle
-    show = StartProgress(name, spec.workers) if progress is not False else None
-    while not owned.ready.wait(0.05):
-        if show is not None:
-            show.update(manager._stage(owned), len(owned.record.get("workers", [])))
-    thread.join()
-    if owned.record["status"] != "running":
-        if show is not None:
-            show.update("failed", 0, force=True)
-        raise RuntimeError(f"cluster {name!r} failed to start: {owned.record.get('error')}")
-    if show is not None:
-        show.update("running", len(owned.record["workers"]), force=True)
-    return handle

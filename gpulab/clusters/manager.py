@@ -239,17 +239,26 @@ def start(
             raise
     owned = LeasedCluster(record, spec, registry, quota, book)
     owners.adopt(owned)
+    return launch(
+        owned, lambda o: build_local(spec, devices, security, [owners.RecordPlugin(o)]),
+        f"gpulab-start-{cluster_id}", wait=wait, progress=progress,
+    )
+
+
+def launch(owned: owners.OwnedCluster, build: Callable[[Any], Any], thread_name: str, *,
+           wait: bool, progress: Any) -> Cluster:
+    """Start the recorded cluster on a thread of its own (every backend's); with ``wait``,
+    return once it runs (or raise with its error), showing its progress unless
+    ``progress`` is False."""
     thread = threading.Thread(
-        target=_launch_quietly,
-        args=(owned, lambda o: build_local(spec, devices, security, [owners.RecordPlugin(o)])),
-        name=f"gpulab-start-{cluster_id}",
-        daemon=True,
+        target=_launch_quietly, args=(owned, build), name=thread_name, daemon=True
     )
     thread.start()
-    handle = Cluster(owned.record, registry)
+    handle = Cluster(owned.record, owned.registry)
     if not wait:
         return handle
-    show = StartProgress(name, spec.workers) if progress is not False else None
+    name, workers = owned.record["name"], owned.spec.workers
+    show = StartProgress(name, workers) if progress is not False else None
     while not owned.ready.wait(0.05):
         if show is not None:
             show.update(_stage(owned), len(owned.record.get("workers", [])))

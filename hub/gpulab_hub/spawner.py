@@ -14,6 +14,9 @@ spawners of the scale-out deployments. What it adds over JupyterHub's
   JupyterHub saves a spawner's pid only once the spawn is done, so a hub killed during a
   spawn would leave that server running unknown to it (and its GPUs granted again); the
   next poll or start of that server finds the file and ends the orphan;
+- each server and its session at a lower CPU priority (``nice``), set by the hub once
+  the server has started: no Python runs in the forked child (see
+  ``gpulab.priority``), so the home is entered through Popen's ``cwd``;
 - ``--allow-root`` when the hub runs as root (Jupyter server refuses root otherwise);
 - gpulab's quota (``QuotaSpawnerMixin``): the spawn form's profiles, admission by the
   ledger, ``CUDA_VISIBLE_DEVICES``, release on stop.
@@ -36,7 +39,7 @@ import psutil
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from traitlets import Integer, TraitError, Unicode, default, validate
 
-from gpulab.priority import nice_session
+from gpulab.priority import lower_priority
 from gpulab_hub.ports import PortBindError, hub_ports, wait_for_listener
 from gpulab_hub.quota_spawner import QuotaSpawnerMixin
 
@@ -84,19 +87,10 @@ class PortSafeLocalProcessSpawner(SimpleLocalProcessSpawner):
         return value
 
     def make_preexec_fn(self, name):
-        inner = super().make_preexec_fn(name)
-        niceness = self.nice
-
-        def preexec():
-            # In the child, after setsid (JupyterHub starts servers in their own session)
-            # and before exec.
-            if niceness:
-                os.nice(niceness)
-                nice_session(niceness)  # its own session: see gpulab.priority
-            if inner is not None:
-                inner()
-
-        return preexec
+        # No Python between fork and exec: the hub is threaded, and code run there can
+        # deadlock the child. The home is made and entered through Popen (``cwd``), and
+        # the niceness is set from here once the server has started.
+        return None
 
     @default("cmd")
     def _default_cmd(self):
@@ -148,6 +142,10 @@ class PortSafeLocalProcessSpawner(SimpleLocalProcessSpawner):
                 hub_ports.release(port)
 
     async def _start_on_reserved_port(self):
+        # The server starts in its home, which SimpleLocalProcessSpawner's preexec_fn
+        # made; a failure is now the spawn's error instead of a log line in the child.
+        Path(self.home_dir).mkdir(mode=0o755, parents=True, exist_ok=True)
+        self.popen_kwargs = {**self.popen_kwargs, "cwd": self.home_dir}
         with self._server_log() as log_file:
             if log_file is not None:
                 self.popen_kwargs = {
@@ -156,6 +154,9 @@ class PortSafeLocalProcessSpawner(SimpleLocalProcessSpawner):
                     "stderr": subprocess.STDOUT,
                 }
             ip, port = await super().start()
+        if self.nice:
+            # Its session too (see gpulab.priority); gone already: the wait below says so.
+            lower_priority(self.pid, self.nice)
         self._write_pid_file()
         await wait_for_listener(
             self.pid,

@@ -1,4 +1,7 @@
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import psutil
 import pytest
@@ -44,3 +47,28 @@ def _helper(process):
 def worker_pids(client):
     """The OS pid of each worker process of a cluster."""
     return set(client.run(os.getpid).values())
+
+
+class OwnerProcesses:
+    """Processes that each start a cluster (``python -m MODULE ARGS...`` prints its id)
+    and own it until their stdin closes: a kernel or a Jupyter server, in effect."""
+
+    def __init__(self, module: str):
+        self.module = module
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, *args: str) -> tuple[subprocess.Popen, str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", self.module, *args], cwd=Path(__file__).parents[2],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        self.started.append(process)
+        cluster_id = process.stdout.readline().strip()
+        assert cluster_id, "the owner process failed to start its cluster"
+        return process, cluster_id
+
+    def close(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                process.stdin.close()
+                process.wait(30)

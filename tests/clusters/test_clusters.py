@@ -3,17 +3,13 @@ and clusters owned by another process (as a notebook kernel owns them)."""
 
 import os
 import signal
-import subprocess
-import sys
 
 import psutil
 import pytest
 
 from gpulab import clusters
-from tests.clusters.conftest import worker_pids
+from tests.clusters.conftest import OwnerProcesses, worker_pids
 from tests.waiting import poll
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_start_scale_stop_a_local_cluster(registry, capsys):
@@ -143,23 +139,9 @@ def test_a_gpu_cluster_without_dask_cuda_fails_with_how_to_fix(registry, monkeyp
 @pytest.fixture
 def owner_process(registry):
     """Start a cluster in another process (a kernel, in effect); yields (process, id)."""
-    started = []
-
-    def start(workers=1, name="from-a-kernel"):
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tests.clusters.owner_process", str(workers), name],
-            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )
-        started.append(process)
-        cluster_id = process.stdout.readline().strip()
-        assert cluster_id, "the owner process failed to start its cluster"
-        return process, cluster_id
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.stdin.close()
-            process.wait(30)
+    owners = OwnerProcesses("tests.clusters.owner_process")
+    yield lambda workers=1, name="from-a-kernel": owners.start(str(workers), name)
+    owners.close()
 
 
 def test_a_cluster_started_elsewhere_is_listed_connected_scaled_and_stopped(

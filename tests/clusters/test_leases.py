@@ -9,9 +9,6 @@ tests/kernels/test_cluster_leases.py (skipped without one).
 
 import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import psutil
 import pytest
@@ -19,11 +16,10 @@ import pytest
 from gpulab import clusters
 from gpulab.clusters import local
 from gpulab.leases import CLUSTER, KERNEL, LeaseBook, LeaseRequest, NoFreeGPU
-from tests.clusters.conftest import worker_pids
+from tests.clusters.conftest import OwnerProcesses, worker_pids
 from tests.kernels import cluster_owner
 from tests.waiting import poll
 
-REPO = Path(__file__).resolve().parents[2]
 KERNEL_ID = "5e1f2a3b-0000-4000-8000-000000000001"
 
 
@@ -151,22 +147,9 @@ def test_a_cluster_that_fails_to_start_gives_its_device_back(book, registry, mon
 @pytest.fixture
 def owner_process(book):
     """A process that owns a GPU cluster of the server (the Jupyter server, in effect)."""
-    started = []
-
-    def start(name="sidebar"):
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tests.kernels.cluster_owner", "1", name], cwd=REPO,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        started.append(process)
-        cluster_id = process.stdout.readline().strip()
-        assert cluster_id, "the owner process failed to start its cluster"
-        return process, cluster_id
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.stdin.close()
-            process.wait(30)
+    owners = OwnerProcesses("tests.kernels.cluster_owner")
+    yield lambda name="sidebar": owners.start("1", name)
+    owners.close()
 
 
 def test_stopping_a_cluster_from_another_process_releases_its_lease(

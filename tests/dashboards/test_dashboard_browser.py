@@ -10,7 +10,7 @@ import pytest
 from gpulab.dashboards import serve_run
 from gpulab.runs import RunStore
 from gpulab_hub.ports import free_port
-from tests.e2e.browser_steps import BOKEH_LAST_STEPS
+from tests.e2e.browser_steps import BOKEH_LAST_STEPS, PAGE_TEXTS
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.browser
@@ -42,16 +42,7 @@ def test_the_dashboard_updates_live_and_shows_names_as_text(tmp_path, page):
         page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_function(f"() => ({BOKEH_LAST_STEPS})().includes(19)", timeout=30_000)
         # The name is rendered as text (inside Panel's shadow DOM), never as an <img>.
-        shown = page.evaluate("""() => {
-          const texts = [];
-          const walk = (root) => root.querySelectorAll('*').forEach((el) => {
-            if (el.shadowRoot) walk(el.shadowRoot);
-            if (el.tagName === 'IMG') texts.push('IMG:' + el.getAttribute('src'));
-            if (el.childElementCount === 0 && el.textContent) texts.push(el.textContent);
-          });
-          walk(document);
-          return texts;
-        }""")
+        shown = page.evaluate(PAGE_TEXTS)
         assert EVIL_NAME in shown, shown[:40]
         assert not [t for t in shown if t == "IMG:x"]
         assert html.escape(EVIL_NAME) not in shown  # escaped once, not twice

@@ -7,28 +7,16 @@ import re
 from pathlib import Path
 
 import pytest
-import requests
 from playwright.sync_api import expect
 
-from tests.e2e.browser_steps import log_in, wait_ready
+from tests.e2e.browser_steps import admin_at_a_gpu_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def test_the_sidebar_starts_shows_and_stops_a_cluster(gpu_hub, gpu_admin, page, tmp_path):
-    limit = requests.put(f"{gpu_hub.url}/services/gpulab-quota/api/policies/users/admin",
-                         json={"max_dask_workers": 2},
-                         headers={"Authorization": f"token {gpu_admin.token}"}, timeout=30)
-    assert limit.status_code == 200, limit.text
-    spawn = gpu_admin.api("POST", "/users/admin/server", json={"gpus": 1})
-    assert spawn.status_code in (201, 202), spawn.text
-    wait_ready(gpu_admin, "admin")
-    console = []
-    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-    try:
-        log_in(page, gpu_hub.url, "admin", gpu_hub.printed_admin_password,
-               landing=re.compile(r"/user/admin/lab"))
+    with admin_at_a_gpu_server(gpu_hub, gpu_admin, page, max_dask_workers=2):
         # JupyterLab's default layout, not one an earlier test left (with the gpulab
         # sidebar open, a click on its tab would close it).
         page.goto(f"{gpu_hub.url}/user/admin/lab?reset", timeout=120_000)
@@ -96,10 +84,3 @@ def test_the_sidebar_starts_shows_and_stops_a_cluster(gpu_hub, gpu_admin, page, 
         page.locator(".jp-Dialog .jp-mod-accept").click()
         expect(page.get_by_test_id("gpulab-cluster")).to_have_count(0, timeout=60_000)
         expect(page.get_by_test_id("gpulab-no-clusters")).to_be_visible()
-    except BaseException:
-        print("browser console:\n" + "\n".join(console[-40:]))
-        raise
-    finally:
-        gpu_admin.api("DELETE", "/users/admin/server")
-        requests.put(f"{gpu_hub.url}/services/gpulab-quota/api/policies/users/admin", json={},
-                     headers={"Authorization": f"token {gpu_admin.token}"}, timeout=30)

@@ -15,6 +15,8 @@ from urllib.parse import urlparse
 import psutil
 import pytest
 
+from gpulab.priority import session_group
+
 pytestmark = pytest.mark.e2e
 
 USERS = [f"spawner{i:02d}" for i in range(20)]
@@ -39,10 +41,16 @@ def server_of(admin, name):
 
 
 def the_embedded_defaults_server_settings_hold(hub, admin, name):
-    """A server of ``make run``'s hub runs at niceness 10 (the hub and proxy first), and
-    its JupyterLab can't install extensions into the hub's shared environment."""
+    """A server of ``make run``'s hub runs in its home at niceness 10, each thread and
+    its session (the hub and proxy first), and its JupyterLab can't install extensions
+    into the hub's shared environment."""
     pid = int((hub.state_dir / "servers" / f"{name}.pid").read_text())
-    assert psutil.Process(pid).nice() == min(19, os.nice(0) + 10)
+    server = psutil.Process(pid)
+    assert {os.getpriority(os.PRIO_PROCESS, t.id) for t in server.threads()} == {
+        min(19, os.nice(0) + 10)}
+    group = session_group(pid)  # its session too, where autogroups share the CPU
+    assert group is None or group.endswith("nice 10"), group
+    assert server.cwd() == str(hub.state_dir / "home" / name)
     page = admin.get_as_user(f"/user/{name}/lab")
     assert page.status_code == 200, page.status_code
     found = re.search(

@@ -13,7 +13,7 @@ import pytest
 from gpulab.dashboards.pages import GONE_TEXT
 from gpulab.runs import RunStore
 from gpulab.runs import acl as acls
-from tests.e2e.browser_steps import BOKEH_LAST_STEPS, log_in
+from tests.e2e.browser_steps import BOKEH_LAST_STEPS, PAGE_TEXTS, log_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 SERVICE = "/services/dashboards"
@@ -21,17 +21,6 @@ EVIL = "<img src=x onerror=alert(1)>"
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
-# Every leaf text and every <img> of the page, shadow roots included.
-TEXTS = """() => {
-  const texts = [];
-  const walk = (root) => root.querySelectorAll('*').forEach((el) => {
-    if (el.shadowRoot) walk(el.shadowRoot);
-    if (el.tagName === 'IMG') texts.push('IMG:' + el.getAttribute('src'));
-    if (el.childElementCount === 0 && el.textContent) texts.push(el.textContent);
-  });
-  walk(document);
-  return texts;
-}"""
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +39,7 @@ def test_the_owner_watches_a_run_live_and_its_name_is_text(hub, admin_password, 
     log_in(page, hub.url, "admin", admin_password, landing=re.compile(r"/(hub|user)/"))
     page.goto(f"{hub.url}{SERVICE}/runs/admin/{run.id}")  # through the hub's OAuth
     page.wait_for_function(f"() => ({BOKEH_LAST_STEPS})().includes(19)", timeout=60_000)
-    shown = page.evaluate(TEXTS)
+    shown = page.evaluate(PAGE_TEXTS)
     assert EVIL in shown, shown[:40]
     assert "IMG:x" not in shown
     run.log(20, loss=0.04, accuracy=1.0, samples=64)
@@ -82,9 +71,9 @@ def test_the_owner_watches_a_run_live_and_its_name_is_text(hub, admin_password, 
         f"() => {{ const s = ({BOKEH_LAST_STEPS})(); return s.includes(20) && s.includes(299); }}",
         timeout=60_000,
     )
-    assert EVIL in page.evaluate(TEXTS)  # the table's cell, as text
+    assert EVIL in page.evaluate(PAGE_TEXTS)  # the table's cell, as text
     page.goto(f"{hub.url}{SERVICE}/usage")
-    page.wait_for_function(f"() => ({TEXTS})().includes('Allocations open now')",
+    page.wait_for_function(f"() => ({PAGE_TEXTS})().includes('Allocations open now')",
                            timeout=60_000)
     assert alerts == []
 
@@ -103,7 +92,7 @@ def test_a_link_opens_without_login_and_stops_when_revoked(hub, store, browser):
         acls.revoke_link(run, link_id, actor="admin")
         # The live session re-checks the link before each refresh and stops serving.
         page.wait_for_function(
-            f"() => ({TEXTS})().some((t) => t.includes({GONE_TEXT[:30]!r}))", timeout=15_000
+            f"() => ({PAGE_TEXTS})().some((t) => t.includes({GONE_TEXT[:30]!r}))", timeout=15_000
         )
         run.log(5, loss=0.1)
         run.flush()

@@ -8,11 +8,10 @@ import re
 from pathlib import Path
 
 import pytest
-import requests
 from playwright.sync_api import expect
 
 from gpulab.runs import RunStore
-from tests.e2e.browser_steps import log_in, wait_ready
+from tests.e2e.browser_steps import admin_at_a_gpu_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -46,19 +45,7 @@ def set_input(page, css_class, value):
 
 
 def test_launch_a_run_from_the_served_launcher_and_share_it(gpu_hub, gpu_admin, page):
-    quota = f"{gpu_hub.url}/services/gpulab-quota/api/policies/users/admin"
-    token = {"Authorization": f"token {gpu_admin.token}"}
-    limit = requests.put(quota, json={"max_dask_workers": 2}, headers=token, timeout=30)
-    assert limit.status_code == 200, limit.text
-    spawn = gpu_admin.api("POST", "/users/admin/server", json={"gpus": 1})
-    assert spawn.status_code in (201, 202), spawn.text
-    wait_ready(gpu_admin, "admin")
-    console = []
-    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-    try:
-        log_in(page, gpu_hub.url, "admin", gpu_hub.printed_admin_password,
-               landing=re.compile(r"/user/admin/"))
-
+    with admin_at_a_gpu_server(gpu_hub, gpu_admin, page, max_dask_workers=2):
         # The launcher, served from the user's own server (started on first visit).
         page.goto(f"{gpu_hub.url}/user/admin/gpulab-launcher/", timeout=120_000)
         expect(page).to_have_title("gpulab launcher", timeout=120_000)
@@ -124,9 +111,3 @@ def test_launch_a_run_from_the_served_launcher_and_share_it(gpu_hub, gpu_admin, 
         assert run.can_view(None, token=link_token)
         expect(page.get_by_test_id("gpulab-link")).to_have_attribute("data-active", "true")
         page.locator(".jp-Dialog .jp-mod-accept").click()
-    except BaseException:
-        print("browser console:\n" + "\n".join(console[-40:]))
-        raise
-    finally:
-        gpu_admin.api("DELETE", "/users/admin/server")
-        requests.put(quota, json={}, headers=token, timeout=30)

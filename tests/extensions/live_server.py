@@ -14,6 +14,7 @@ from pathlib import Path
 
 import requests
 
+from gpulab.priority import lower_priority
 from gpulab_hub.ports import free_port
 
 BIN = Path(sys.executable).parent
@@ -70,8 +71,9 @@ class LiveServer:
             args.append("--allow-root")
         with open(log, "w") as out:
             process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                       start_new_session=True,
-                                       preexec_fn=(lambda: os.nice(niceness)) if niceness else None)
+                                       start_new_session=True)
+        if niceness:
+            lower_priority(process.pid, niceness)  # as gpulab's spawner does
         server = cls(process, f"http://127.0.0.1:{port}/", token, env, log)
         deadline = time.monotonic() + 60
         while True:
