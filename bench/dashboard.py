@@ -3,16 +3,21 @@
     .venv/bin/python -m bench.dashboard [--quick] [--points N] [--rounds R] [--writes W]
 
 One run (a temporary ``RunStore``) gets ``N`` records with two metrics, ``loss`` and
-``accuracy``, written with the store's own writer (``run.log``, then ``run.flush()``).
+``accuracy``, written with the store's own writer (``run.log``, then ``run.flush()``);
+the same records by a writer saving no column files give ``write_without_column_files_s``
+(what the column files cost the trainer, against ``write_s``).
 Then, in one process:
 
 - first render, timed from nothing (no reader, no view) to the JSON a server sends for a
   new session: build the view, attach it to a fresh ``bokeh.document.Document``
   (``pn.panel(view).get_root(doc)``) and serialise ``doc.to_json()`` the way Bokeh's
   protocol does (``serialize_json``). Rounds alternate which goes first:
-  - ``gpulab``: ``RunView(data=RunData(run))`` (reads the run into columns with Arrow's
-    JSON reader, LTTB to at most 1,000 points a line, plus the steps/s plot and the
-    summary table);
+  - ``gpulab``: ``RunView(data=RunData(run))`` (reads the run into columns: the column
+    files its writer saved every 8 MiB, ``gpulab.runs.column_files``, and the JSON lines
+    after the last one with Arrow's JSON reader; LTTB to at most 1,000 points a line,
+    plus the steps/s plot and the summary table);
+  - ``gpulab JSON only``: the same with the column files set aside (every line parsed,
+    as for a run written before column files existed); reported, not in ``render_ratio``;
   - ``gpulab shared``: a new session of a run the server already shows: ``RunView`` over
     ``RunData.shared(run)``, which an earlier session read (what ``serve_run`` and the
     hub's dashboards service do); reported, not in ``render_ratio``;
@@ -36,6 +41,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import socket
 import statistics
 import sys
@@ -60,6 +66,18 @@ def _write(run: Any, points: int) -> float:
     return time.perf_counter() - t0
 
 
+def _write_without_column_files(run: Any, points: int) -> float:
+    """``_write`` by a writer that saves no column files: what they cost the trainer."""
+    from gpulab.runs.metrics import MetricsWriter
+
+    t0 = time.perf_counter()
+    with MetricsWriter(run.folder.child("metrics"), column_span_bytes=None) as writer:
+        for step in range(points):
+            writer.log(step, **_values(step))
+        writer.flush()
+        return time.perf_counter() - t0
+
+
 def _serialise(doc: Any) -> int:
     from bokeh.core.json_encoder import serialize_json
 
@@ -79,6 +97,21 @@ def _gpulab(run: Any) -> tuple[float, int]:
     doc.add_root(pn.panel(view).get_root(doc))
     size = _serialise(doc)
     return time.perf_counter() - t0, size
+
+
+def _gpulab_json_only(run: Any) -> tuple[float, int]:
+    """``_gpulab`` with the writer's column files set aside: every JSON line parsed."""
+    from gpulab.runs import column_files
+
+    metrics = run.folder.child("metrics")
+    kept, aside = metrics.file(column_files.FOLDER), metrics.file("columns-aside")
+    if not os.path.exists(kept):  # a run too short to have any
+        return _gpulab(run)
+    os.rename(kept, aside)
+    try:
+        return _gpulab(run)
+    finally:
+        os.rename(aside, kept)
 
 
 def _gpulab_shared(run: Any) -> tuple[float, int]:
@@ -225,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     run_t0 = time.perf_counter()
 
     import panel  # noqa: F401  (imports outside every timing)
+    import pyarrow.compute  # noqa: F401  (the writers' and the reader's)
+    import pyarrow.ipc  # noqa: F401
+    import pyarrow.json  # noqa: F401
 
     from gpulab.runs import RunStore
 
@@ -234,7 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {points} records ({len(METRICS)} metrics) in {write_s:.1f} s",
           file=sys.stderr)
 
-    kinds = {"naive": _naive, "gpulab": _gpulab, "gpulab shared": _gpulab_shared}
+    plain = store.create("bench", "no column files")
+    write_plain_s = _write_without_column_files(plain, points)
+
+    kinds = {"naive": _naive, "gpulab": _gpulab, "gpulab JSON only": _gpulab_json_only,
+             "gpulab shared": _gpulab_shared}
     # Warm-up on a small run: imports and first-use caches, for both, not measured.
     small = store.create("bench", "warm-up")
     _write(small, 1000)
@@ -247,31 +287,33 @@ def main(argv: list[str] | None = None) -> int:
         for kind in order:
             elapsed, sizes[kind] = kinds[kind](run)
             times[kind].append(elapsed)
-            print(f"round {r + 1}/{rounds} {kind:<13} {elapsed:.3f} s, "
+            print(f"round {r + 1}/{rounds} {kind:<16} {elapsed:.3f} s, "
                   f"{sizes[kind] / 1e6:.2f} MB", file=sys.stderr)
 
     latencies, pull_s = _update_latency(run, points, writes)
 
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"\n{'what':<45}{'n':>4}{'median s':>10}{'min s':>8}{'max s':>8}{'JSON MB':>9}")
+    print(f"\n{'what':<48}{'n':>4}{'median s':>10}{'min s':>8}{'max s':>8}{'JSON MB':>9}")
     for kind in kinds:
         v = times[kind]
         label = f"{kind} first render ({points} pts x {len(METRICS)})"
-        print(f"{label:<45}{len(v):>4}{med[kind]:>10.3f}{min(v):>8.3f}{max(v):>8.3f}"
+        print(f"{label:<48}{len(v):>4}{med[kind]:>10.3f}{min(v):>8.3f}{max(v):>8.3f}"
               f"{sizes[kind] / 1e6:>9.3f}")
-    print(f"{'served: page load (new session)':<45}{1:>4}{pull_s:>10.3f}")
+    print(f"{'served: page load (new session)':<48}{1:>4}{pull_s:>10.3f}")
     lat = statistics.median(latencies)  # inf: a write never reached the served document
-    print(f"{'update: write -> served document':<45}{len(latencies):>4}{lat:>10.3f}"
+    print(f"{'update: write -> served document':<48}{len(latencies):>4}{lat:>10.3f}"
           f"{min(latencies):>8.3f}{max(latencies):>8.3f}")
     print(
         f"\nrender_ratio={med['gpulab'] / med['naive']:.3f} update_latency_s={lat:.3f} "
         f"shared_render_ratio={med['gpulab shared'] / med['naive']:.3f} "
+        f"json_only_render_ratio={med['gpulab JSON only'] / med['naive']:.3f} "
         f"gpulab_render_s={med['gpulab']:.3f} naive_render_s={med['naive']:.3f} "
         f"gpulab_json_bytes={sizes['gpulab']} naive_json_bytes={sizes['naive']} "
         f"json_ratio={sizes['gpulab'] / sizes['naive']:.4f} "
         f"update_latency_max_s={max(latencies):.3f} updates_seen="
         f"{sum(math.isfinite(x) for x in latencies)}/{len(latencies)} page_load_s={pull_s:.3f} "
-        f"write_s={write_s:.1f} points={points} metrics={len(METRICS)} rounds={rounds} "
+        f"write_s={write_s:.1f} write_without_column_files_s={write_plain_s:.1f} "
+        f"points={points} metrics={len(METRICS)} rounds={rounds} "
         f"writes={writes} run_s={time.perf_counter() - run_t0:.1f}"
     )
     return 0

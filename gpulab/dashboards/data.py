@@ -35,7 +35,7 @@ import numpy as np
 import param
 
 from gpulab.runs import Run, RunStore
-from gpulab.runs.columns import Columns
+from gpulab.runs.columns import Columns, concatenate
 
 GPU_PREFIX = "gpu_"
 GPU_FIELDS = ("gpu_utilization_pct", "gpu_memory_used_bytes", "gpu_power_w", "gpu_energy_wh")
@@ -78,7 +78,7 @@ def _rank_zero(blocks: list[Columns]) -> Columns | None:
             parts.append(_rows(block, mask))
     if len(parts) <= 1:
         return parts[0] if parts else None
-    merged = _concatenate(parts)  # rank 0's records in two files: a renamed file; rare
+    merged = concatenate(parts)  # rank 0's records in two files: a renamed file; rare
     return _rows(merged, np.argsort(merged.time, kind="stable"))
 
 
@@ -86,22 +86,6 @@ def _rows(block: Columns, rows: np.ndarray) -> Columns:
     return Columns(block.step[rows], block.time[rows], block.rank[rows], block.attempt[rows],
                    values={k: v[rows] for k, v in block.values.items()},
                    present={k: v[rows] for k, v in block.present.items()})
-
-
-def _concatenate(parts: list[Columns]) -> Columns:
-    names = sorted({name for part in parts for name in part.values})
-
-    def joined(get: Any) -> np.ndarray:
-        return np.concatenate([get(part) for part in parts])
-
-    merged = Columns(joined(lambda p: p.step), joined(lambda p: p.time),
-                     joined(lambda p: p.rank), joined(lambda p: p.attempt))
-    for name in names:
-        merged.values[name] = joined(
-            lambda p, n=name: p.values.get(n, np.full(len(p), math.nan)))
-        merged.present[name] = joined(
-            lambda p, n=name: p.present.get(n, np.full(len(p), n in p.values)))
-    return merged
 
 
 class _Columns:

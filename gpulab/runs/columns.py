@@ -73,12 +73,63 @@ def read_columns(folder: Folder, since: Any = None) -> tuple[list[Columns], Curs
         if not match:
             continue
         rank = str(int(match.group(1)))
-        blocks, following[rank] = read_blocks(folder, name, cursor.get(rank, 0))
-        if blocks:
-            columns = parse_columns(b"\n".join(blocks))
-            if len(columns):
-                found.append(columns)
+        parts, following[rank] = _read_file(folder, name, int(rank), cursor.get(rank, 0))
+        if parts:
+            found.append(concatenate(parts))
     return found, following
+
+
+def _read_file(folder: Folder, name: str, rank: int, offset: int) -> tuple[list[Columns], int]:
+    """One metrics file's records from ``offset``, in file order: its writer's column
+    files where one starts where reading stands (``gpulab.runs.column_files``), its JSON
+    lines elsewhere."""
+    from gpulab.runs import column_files
+
+    parts: list[Columns] = []
+
+    def parse_until(end: int | None) -> None:
+        nonlocal offset
+        budget = None if end is None else end - offset
+        blocks, offset = read_blocks(folder, name, offset, budget)
+        if blocks:
+            parts.append(parse_columns(b"\n".join(blocks)))
+
+    for span in column_files.spans(folder, rank):
+        if span.start > offset:
+            parse_until(span.start)  # a span no column file holds (a killed writer's)
+        if span.start == offset:
+            saved = column_files.load(folder, name, span)
+            if saved is not None:
+                parts.append(saved)
+                offset = span.end
+    parse_until(None)
+    return [part for part in parts if len(part)], offset
+
+
+def concatenate(parts: list[Columns]) -> Columns:
+    """``Columns`` blocks one after the other, as one block (a metric some block lacks
+    gets NaN and a ``present`` mask there)."""
+    if len(parts) == 1:
+        return parts[0]
+    names = sorted({name for part in parts for name in part.values})
+
+    def joined(get: Any) -> np.ndarray:
+        return np.concatenate([get(part) for part in parts])
+
+    merged = Columns(joined(lambda p: p.step), joined(lambda p: p.time),
+                     joined(lambda p: p.rank), joined(lambda p: p.attempt))
+    for name in names:
+        merged.values[name] = joined(
+            lambda p, n=name: p.values.get(n, np.full(len(p), math.nan)))
+        if any(name in part.present or name not in part.values for part in parts):
+            merged.present[name] = joined(
+                lambda p, n=name: p.present.get(n, np.full(len(p), n in p.values)))
+    if any(part.is_telemetry is not None for part in parts):
+        merged.is_telemetry = joined(
+            lambda p: np.zeros(len(p), dtype=bool) if p.is_telemetry is None
+            else p.is_telemetry)
+        merged.telemetry = [record for part in parts for record in part.telemetry]
+    return merged
 
 
 def parse_columns(lines: bytes) -> Columns:

@@ -26,6 +26,10 @@ Crash safety, local filesystem (including mounted shared volumes):
   is not a valid record (a torn fragment, garbage) is skipped; a line where a record was
   appended to a fragment without that newline is recovered from its last ``{"step":``.
 
+Each writer also saves the lines it appends, every 8 MiB and at close, as column files
+(``gpulab.runs.column_files``): a dashboard opening a long run loads those instead of
+parsing the JSON lines. They are copies, checked against the lines before use.
+
 On other fsspec filesystems (object stores, memory://) a writer buffers records and
 appends them at most every ``sync_interval`` seconds and on ``flush``/``close``, one
 ``open("ab")`` per batch; a killed writer loses at most the unflushed batch. Stores
@@ -46,11 +50,14 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpulab.runs.errors import InvalidRunInput
 from gpulab.runs.folder import Folder
 from gpulab.runs.ids import check_count
+
+if TYPE_CHECKING:
+    from gpulab.runs.column_files import SpanWriter
 
 RESERVED = frozenset({"step", "time", "rank", "attempt"})
 FILE_PATTERN = re.compile(r"rank-([0-9]{1,6})\.jsonl")
@@ -60,6 +67,8 @@ READ_CHUNK = 4 << 20
 MAX_LINE_BYTES = 64 << 20  # longer lines are garbage, skipped
 RECORD_START = b'{"step":'
 MAX_RANK = 999_999
+COLUMN_SPAN_BYTES = 8 << 20  # see gpulab.runs.column_files
+FINAL_SPAN_BYTES = 1 << 20  # a shorter remainder at close parses from JSON quickly enough
 
 Cursor = dict[str, int]
 
@@ -92,11 +101,15 @@ class MetricsWriter:
     is safe to call from several threads. Close it (or use it as a context manager) to
     make the last records durable; a process that exits without closing loses nothing
     but what a power cut would take.
+
+    Every ``column_span_bytes`` of its lines, and the rest at close (from 1 MiB), it also
+    saves as a column file for dashboards (``gpulab.runs.column_files``); None: none.
     """
 
     def __init__(self, folder: Folder, rank: int = 0, *, attempt: int = 0,
                  sync_interval: float | None = DEFAULT_SYNC_INTERVAL,
-                 max_record_bytes: int = MAX_RECORD_BYTES):
+                 max_record_bytes: int = MAX_RECORD_BYTES,
+                 column_span_bytes: int | None = COLUMN_SPAN_BYTES):
         self.folder = folder
         self.rank = check_count(rank, "rank", maximum=MAX_RANK)
         self.attempt = check_count(attempt, "attempt")
@@ -114,9 +127,14 @@ class MetricsWriter:
         self._needs_repair = True
         self._closed = False
         self._last_sync = time.monotonic()
+        if column_span_bytes is not None:
+            column_span_bytes = check_count(column_span_bytes, "column_span_bytes", minimum=1)
+        self.column_span_bytes = column_span_bytes
+        self._spans: SpanWriter | None = None
         folder.makedirs()
         if folder.local:
             self._fd = self._open_local()
+            self._spans = self._span_writer(os.fstat(self._fd).st_size)
         else:
             _flush_at_exit(self)
 
@@ -141,6 +159,15 @@ class MetricsWriter:
             _write_all(fd, b"\n")  # end the record a killed predecessor tore
         self._needs_repair = False
         return fd
+
+    def _span_writer(self, start: int) -> SpanWriter | None:
+        """Column files of this writer's lines from offset ``start`` (where its own lines
+        begin), unless switched off or its records could be longer than a reader parses."""
+        if self.column_span_bytes is None or self.max_record_bytes > MAX_LINE_BYTES:
+            return None
+        from gpulab.runs.column_files import SpanWriter
+
+        return SpanWriter(self.folder, self.rank, start, self.column_span_bytes)
 
     def encode(self, step: int, metrics: Mapping[str, Any]) -> bytes:
         """One record as the line ``log`` appends (checked: step, names, values, size)."""
@@ -171,7 +198,12 @@ class MetricsWriter:
         if self._closed:
             raise ValueError(f"{self!r} is closed")
         if self._fd is not None:
-            _write_all(self._fd, data)
+            if self._spans is None:
+                _write_all(self._fd, data)
+            else:
+                with self._lock:  # the column files' offsets follow the file's order
+                    _write_all(self._fd, data)
+                    self._spans.add(data)
             if self.sync_interval is not None:
                 now = time.monotonic()
                 if now - self._last_sync >= self.sync_interval:
@@ -198,6 +230,11 @@ class MetricsWriter:
             return
         try:
             self.flush()
+            with self._lock:
+                if self._spans is not None:
+                    self._spans.cut(minimum=FINAL_SPAN_BYTES)
+            if self._spans is not None:
+                self._spans.wait()
         finally:
             self._closed = True
             if self._fd is not None:
@@ -210,17 +247,21 @@ class MetricsWriter:
             return
         data = b"".join(self._buffer)
         fs, path = self.folder.fs, self.folder.file(self.name)
+        repair = b""
         if self._needs_repair:
             try:
                 size = fs.size(path)
             except FileNotFoundError:
                 size = 0
             if size and fs.cat_file(path, start=size - 1, end=size) != b"\n":
-                data = b"\n" + data
+                repair = b"\n"
+            self._spans = self._span_writer(size + len(repair))
             self._needs_repair = False
         with fs.open(path, "ab") as f:
-            f.write(data)
+            f.write(repair + data)
         self._buffer.clear()
+        if self._spans is not None:
+            self._spans.add(data)
 
 
 _BUFFERED: weakref.WeakSet[MetricsWriter] = weakref.WeakSet()

@@ -5,6 +5,8 @@ Layout under the store's root (any fsspec URL; see ``default_root``)::
     <root>/<owner>/<run_id>/
         manifest.json            what the run is and how it went (see ``manifest``)
         metrics/rank-<r>.jsonl   append-only records, one file per rank (see ``metrics``)
+        metrics/columns/         the writers' columnar copies of spans of those files,
+                                 for dashboards (see ``column_files``)
         checkpoints/step-<N>.ckpt  the last K checkpoints (see ``checkpoints``)
         artifacts/<name>         files the run keeps (see ``artifacts``)
         acl.json                 who else may view it (see ``acl``); absent: private

@@ -52,7 +52,7 @@ def tokens(hub, admin):
 
 
 @pytest.fixture(scope="module")
-def runs(hub):
+def runs(hub, tokens):
     store = RunStore(hub.state_dir / "runs")
     made = {}
     for owner in ("ir-s1", "ir-s2", "ir-out", "ir-t1"):
@@ -60,6 +60,11 @@ def runs(hub):
         run.log(0, loss=1.0)
         run.flush()
         made[owner] = run
+    # The service re-reads who instructs whom every few seconds (WORKSHOPS_TTL): a
+    # workshop made just now reaches it within that (an earlier test may have had it
+    # read the hub a moment ago).
+    poll(lambda: get(hub, run_path(made["ir-s1"]), tokens["ir-ines"]).status_code == 200,
+         60, "the new workshop's instructor to be granted its students' runs", every=0.5)
     return made
 
 
