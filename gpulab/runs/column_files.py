@@ -41,6 +41,7 @@ from gpulab.runs.folder import Folder
 
 FOLDER = "columns"
 TAIL_BYTES = 4096
+STALE_TEMP_SECONDS = 600.0  # a save takes well under a second
 MAX_QUEUED = 2  # column files waiting to be saved, each up to a span of lines in memory
 FORMAT = 1
 _NAME = re.compile(r"rank-([0-9]{1,6})\.([0-9]{20})-([0-9]{20})\.arrow")
@@ -150,13 +151,15 @@ def save(metrics: Folder, rank: int, start: int, end: int, lines: bytes) -> None
     tail = lines[-TAIL_BYTES:]
     meta = {"format": FORMAT, "start": start, "end": end, "tail_bytes": len(tail),
             "tail_crc32": zlib.crc32(tail)}
-    table = _to_table(parse_columns(lines.removesuffix(b"\n")), meta)
+    # One core: the trainer's own threads (data loaders) keep the others.
+    table = _to_table(parse_columns(lines.removesuffix(b"\n"), use_threads=False), meta)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, table.schema) as out:
         out.write_table(table)
     folder = metrics.child(FOLDER)
     folder.makedirs()
     folder.write_atomic(span_name(rank, start, end), sink.getvalue().to_pybytes())
+    folder.remove_stale_temps(STALE_TEMP_SECONDS)  # a killed writer's half-saved file
 
 
 def load(metrics: Folder, file_name: str, span: Span) -> Columns | None:

@@ -132,9 +132,10 @@ def concatenate(parts: list[Columns]) -> Columns:
     return merged
 
 
-def parse_columns(lines: bytes) -> Columns:
-    """Complete lines (without the last newline) as ``Columns``: Arrow where it can."""
-    table = _arrow_table(lines)
+def parse_columns(lines: bytes, *, use_threads: bool = True) -> Columns:
+    """Complete lines (without the last newline) as ``Columns``: Arrow where it can
+    (on all cores, or on the calling thread alone without ``use_threads``)."""
+    table = _arrow_table(lines, use_threads)
     if table is not None:
         columns = _from_table(table)
         if columns is not None:
@@ -142,14 +143,14 @@ def parse_columns(lines: bytes) -> Columns:
     return from_records(parse_lines(lines))
 
 
-def _arrow_table(lines: bytes) -> Any:
+def _arrow_table(lines: bytes, use_threads: bool) -> Any:
     import pyarrow as pa
     import pyarrow.json as pa_json
 
     try:
         return pa_json.read_json(
             io.BytesIO(lines + b"\n"),
-            read_options=pa_json.ReadOptions(block_size=4 << 20),
+            read_options=pa_json.ReadOptions(block_size=4 << 20, use_threads=use_threads),
             parse_options=pa_json.ParseOptions(newlines_in_values=False),
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

@@ -240,3 +240,19 @@ def test_a_writer_killed_mid_run_leaves_files_the_reader_agrees_with(store, spaw
     assert block.step.tolist() == [r["step"] for r in records]
     assert block.values["check"].tolist() == [r["check"] for r in records]
     assert Run.attach(run.url).read_columns()[1] == cursor
+
+
+def test_a_killed_writers_half_saved_column_file_is_removed_by_the_next_save(store):
+    run = store.create("alice", "stale")
+    folder = run.folder.child("metrics").child(column_files.FOLDER)
+    folder.makedirs()
+    stale, fresh = folder.file(".rank-0.x.arrow.old.tmp"), folder.file(".rank-0.y.arrow.new.tmp")
+    for path in (stale, fresh):
+        with open(path, "wb") as f:
+            f.write(b"half a column file")
+    os.utime(stale, (1, 1))
+    write(run, 100)
+    assert saved(run)
+    names = folder.names()
+    assert ".rank-0.x.arrow.old.tmp" not in names
+    assert ".rank-0.y.arrow.new.tmp" in names  # may be another writer's save under way
