@@ -64,16 +64,18 @@ def span_name(rank: int, start: int, end: int) -> str:
     return f"rank-{rank}.{start:020d}-{end:020d}.arrow"
 
 
-def spans(metrics: Folder, rank: int) -> list[Span]:
-    """The column files of ``rank``'s metrics file, by start offset."""
-    found = []
+def spans(metrics: Folder) -> dict[int, list[Span]]:
+    """The column files of each rank's metrics file, by start offset (one listing)."""
+    found: dict[int, list[Span]] = {}
     for name in metrics.child(FOLDER).names():
         match = _NAME.fullmatch(name)
-        if match and int(match.group(1)) == rank:
+        if match:
             start, end = int(match.group(2)), int(match.group(3))
             if start < end:
-                found.append(Span(start, end, name))
-    return sorted(found, key=lambda span: span.start)
+                found.setdefault(int(match.group(1)), []).append(Span(start, end, name))
+    for listed in found.values():
+        listed.sort(key=lambda span: span.start)
+    return found
 
 
 class SpanWriter:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,6 +40,9 @@ from gpulab.runs.metrics import (
     parse_lines,
     read_blocks,
 )
+
+if TYPE_CHECKING:
+    from gpulab.runs.column_files import Span
 
 TELEMETRY_KEY = "gpu_uuid"
 _PLAIN_NUMBERS = frozenset({int, float})
@@ -65,24 +68,29 @@ class Columns:
 def read_columns(folder: Folder, since: Any = None) -> tuple[list[Columns], Cursor]:
     """Each rank's records since the cursor ``since`` in ``folder`` (a run's ``metrics``),
     as ``Columns`` (one per rank with new records), and the cursor to pass next time."""
+    from gpulab.runs import column_files
+
     cursor = check_cursor(since)
     following = dict(cursor)
     found = []
+    saved = column_files.spans(folder)
     for name in folder.names():
         match = FILE_PATTERN.fullmatch(name)
         if not match:
             continue
         rank = str(int(match.group(1)))
-        parts, following[rank] = _read_file(folder, name, int(rank), cursor.get(rank, 0))
+        parts, following[rank] = _read_file(folder, name, saved.get(int(rank), []),
+                                            cursor.get(rank, 0))
         if parts:
             found.append(concatenate(parts))
     return found, following
 
 
-def _read_file(folder: Folder, name: str, rank: int, offset: int) -> tuple[list[Columns], int]:
+def _read_file(folder: Folder, name: str, spans: list[Span],
+               offset: int) -> tuple[list[Columns], int]:
     """One metrics file's records from ``offset``, in file order: its writer's column
-    files where one starts where reading stands (``gpulab.runs.column_files``), its JSON
-    lines elsewhere."""
+    files (``spans``, see ``gpulab.runs.column_files``) where one starts where reading
+    stands, its JSON lines elsewhere."""
     from gpulab.runs import column_files
 
     parts: list[Columns] = []
@@ -94,7 +102,7 @@ def _read_file(folder: Folder, name: str, rank: int, offset: int) -> tuple[list[
         if blocks:
             parts.append(parse_columns(b"\n".join(blocks)))
 
-    for span in column_files.spans(folder, rank):
+    for span in spans:
         if span.start > offset:
             parse_until(span.start)  # a span no column file holds (a killed writer's)
         if span.start == offset:

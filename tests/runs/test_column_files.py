@@ -33,7 +33,7 @@ def write(run, steps, *, rank=0, attempt=0, span=SPAN, first=0, close=True):
 
 
 def saved(run, rank=0):
-    return column_files.spans(run.folder.child("metrics"), rank)
+    return column_files.spans(run.folder.child("metrics")).get(rank, [])
 
 
 def json_only(run):
@@ -256,3 +256,16 @@ def test_a_killed_writers_half_saved_column_file_is_removed_by_the_next_save(sto
     names = folder.names()
     assert ".rank-0.x.arrow.old.tmp" not in names
     assert ".rank-0.y.arrow.new.tmp" in names  # may be another writer's save under way
+
+
+def test_each_ranks_column_files_serve_that_rank_only(store):
+    run = store.create("alice", "ranks")
+    write(run, 200, rank=0)
+    write(run, 120, rank=1)
+    assert len(saved(run, 0)) >= 3 and len(saved(run, 1)) >= 2
+    blocks, cursor = run.read_columns()
+    assert cursor == run.read_metrics()[1]
+    by_rank = {int(block.rank[0]): block for block in blocks}
+    assert sorted(by_rank) == [0, 1]
+    for rank, block in by_rank.items():
+        assert_same(block, records_of(run, rank))
